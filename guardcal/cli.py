@@ -1,0 +1,136 @@
+"""``guardcal`` command line: one ``Command`` per subcommand, heavy imports inside ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from guardcal import __version__
+from guardcal.errors import GuardcalError
+
+
+class Command(ABC):
+    name: str
+    help: str
+
+    @abstractmethod
+    def register(self, parser: argparse.ArgumentParser) -> None: ...
+
+    @abstractmethod
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _offline_env() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class EvaluateCommand(Command):
+    name = "evaluate"
+    help = "score datasets with a model (+ adapter) and write metrics, predictions and plots"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        from guardcal.data.datasets import describe_datasets
+
+        parser.add_argument(
+            "--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or a HF id"
+        )
+        parser.add_argument("--adapter", help="PEFT adapter folder (safetensors)")
+        parser.add_argument(
+            "--dataset", action="append", dest="datasets", required=True, help=f"repeatable; {describe_datasets()}"
+        )
+        parser.add_argument("--output", required=True, type=Path, help="output folder")
+        parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
+        parser.add_argument(
+            "--reasoning", action="store_true", help="reasoning prompt: <think> … </think> before the label"
+        )
+        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+        parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+        parser.add_argument("--batch-size", type=int, default=8)
+        parser.add_argument("--max-input-tokens", type=int, default=1024, help="inputs are cut to this many tokens")
+        parser.add_argument("--max-new-tokens", type=int, default=256, help="reasoning budget")
+        parser.add_argument("--no-progress", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from guardcal.evaluate import EvalConfig, run_evaluation
+
+        cfg = EvalConfig(
+            datasets=args.datasets,
+            output=args.output,
+            model=args.model,
+            adapter=args.adapter,
+            reasoning=args.reasoning,
+            limit=args.limit,
+            data_dir=args.data_dir,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_input_tokens=args.max_input_tokens,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress,
+        )
+        metrics = run_evaluation(cfg)
+        print((args.output / "report.md").read_text().split("\n\n![")[0])
+        print(json.dumps(metrics, indent=2))
+        print(f"wrote {args.output}/metrics.json, predictions.jsonl, report.md and reliability PNGs")
+        return 0
+
+
+class DataCommand(Command):
+    name = "data"
+    help = "write the reproducible OpenAI Moderation split manifest"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+        parser.add_argument("--manifest", type=Path, required=True, help="where to write the split manifest (JSON)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from guardcal.data.datasets import write_split_manifest
+
+        path = write_split_manifest(args.manifest, args.data_dir)
+        print(f"wrote {path}")
+        return 0
+
+
+class ModelCommand(Command):
+    name = "model"
+    help = "materialise the embedded default model and print its folder"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", default="default")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from guardcal.models.loading import resolve_model
+
+        print(resolve_model(args.model))
+        return 0
+
+
+COMMANDS: tuple[Command, ...] = (EvaluateCommand(), DataCommand(), ModelCommand())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guardcal", description="calibrated guard-model toolkit")
+    parser.add_argument("--version", action="version", version=f"guardcal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _offline_env()
+    command = next(c for c in COMMANDS if c.name == args.command)
+    try:
+        return command.run(args)
+    except GuardcalError as exc:
+        print(f"guardcal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""guardcal's exception tree.
+
+    GuardcalError
+     ├── ConfigError        bad flags, settings, or a config file
+     ├── DataError          missing file/column, unknown label, empty text
+     ├── ModelError         a model or adapter cannot be located or loaded
+     ├── LabelSpecError     labels that cannot be told apart by their first token
+     └── CalibrationError   metrics or calibrators given unusable inputs
+
+Every message says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class GuardcalError(Exception):
+    """Base class of every error guardcal raises on purpose."""
+
+
+class ConfigError(GuardcalError, ValueError):
+    """A flag, setting or config file is invalid."""
+
+
+class DataError(GuardcalError, ValueError):
+    """A dataset file is missing or malformed."""
+
+
+class ModelError(GuardcalError, RuntimeError):
+    """A model or adapter cannot be located or loaded."""
+
+
+class LabelSpecError(GuardcalError, ValueError):
+    """The label set cannot be mapped to distinct decision tokens."""
+
+
+class CalibrationError(GuardcalError, ValueError):
+    """Inputs to a metric or calibrator are unusable."""

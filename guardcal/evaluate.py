@@ -1,0 +1,191 @@
+"""``guardcal evaluate``: score datasets, write metrics, predictions, report and plots.
+
+Outputs under ``OUT``:
+
+- ``metrics.json``: ``{"<dataset>": {n, accuracy, ece, …}}``, dataset keys as given;
+- ``predictions.jsonl``: ``dataset, id, label, pred, p_unsafe, confidence`` per example
+  (``p_unsafe`` renormalised over the two labels; ``confidence`` the paper's
+  full-vocabulary probability of the predicted label's decision token);
+- ``report.md``: a Markdown table plus the run's model, adapter and prompt fingerprint;
+- ``reliability_<dataset>.png``: reliability diagram + confidence histogram;
+- ``run.json``: what was evaluated (model, adapter, mode, fingerprint, label spec).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardcal import __version__
+from guardcal.calibrate.metrics import METRIC_NAMES, compute_metrics
+from guardcal.calibrate.plots import plot_reliability, slug
+from guardcal.core.confidence import Scores
+from guardcal.core.prompt import PromptTemplate
+from guardcal.data.datasets import load_dataset
+from guardcal.errors import ConfigError
+from guardcal.types import UNSAFE, Example
+
+REPORT_METRICS = ("n", "accuracy", "ece", "brier", "auroc", "auroc_unsafe", "nll", "overconfident_ratio")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how."""
+
+    datasets: list[str]
+    output: Path
+    model: str = "default"
+    adapter: str | None = None
+    reasoning: bool = False
+    limit: int | None = None
+    data_dir: str | None = None
+    dtype: str = "float32"
+    batch_size: int = 8
+    max_input_tokens: int = 1024
+    max_new_tokens: int = 256
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigError("no dataset given; pass --dataset xstest (repeatable)")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ConfigError(f"a dataset is listed twice in {self.datasets}; list each once")
+
+
+def subsample(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """A seeded random subset of ``limit`` examples, in original order (both classes kept)."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:limit])
+    return [examples[i] for i in keep]
+
+
+def prediction_rows(dataset: str, examples: Sequence[Example], scores: Scores) -> list[dict[str, Any]]:
+    """One JSON-ready row per example."""
+    p_norm, conf, preds = scores.p_unsafe_norm, scores.confidence, scores.pred
+    return [
+        {
+            "dataset": dataset,
+            "id": ex.id,
+            "label": ex.label,
+            "pred": preds[i],
+            "p_unsafe": float(p_norm[i]),
+            "confidence": float(conf[i]),
+            "label_mass": float(scores.label_mass[i]),
+        }
+        for i, ex in enumerate(examples)
+    ]
+
+
+def metrics_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float | int | None]:
+    """Recompute the metrics of one dataset from its prediction rows."""
+    rows = list(rows)
+    y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
+    pred = np.array([r["pred"] == UNSAFE for r in rows], dtype=np.int64)
+    p = np.array([r["p_unsafe"] for r in rows], dtype=np.float64)
+    conf = np.array([r["confidence"] for r in rows], dtype=np.float64)
+    return compute_metrics(y, pred, p, conf)
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
+    """Evaluate ``cfg.model`` on every dataset and write the outputs."""
+    from guardcal.backends.hf import HFScorer
+    from guardcal.models.loading import load_model
+
+    data = {key: subsample(load_dataset(key, cfg.data_dir), cfg.limit) for key in cfg.datasets}
+    loaded = load_model(cfg.model, cfg.adapter, dtype=cfg.dtype)
+    template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
+    scorer = HFScorer(
+        loaded.model,
+        loaded.tokenizer,
+        template,
+        batch_size=cfg.batch_size,
+        max_input_tokens=cfg.max_input_tokens,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, dict[str, float | int | None]] = {}
+    all_rows: list[dict[str, Any]] = []
+    started = time.time()
+    for key, examples in data.items():
+        scored = scorer.score([ex.text for ex in examples], progress=cfg.progress)
+        rows = prediction_rows(key, examples, scored.scores)
+        if scored.reasoning is not None:
+            for row, thought in zip(rows, scored.reasoning, strict=True):
+                row["reasoning"] = thought
+        metrics[key] = metrics_from_rows(rows)
+        all_rows.extend(rows)
+        correct = np.array([r["label"] == r["pred"] for r in rows], dtype=np.int64)
+        plot_reliability(
+            scored.scores.confidence,
+            correct,
+            cfg.output / f"reliability_{slug(key)}.png",
+            title=f"{_model_title(cfg)} on {key}",
+        )
+    run = {
+        "guardcal_version": __version__,
+        "model": cfg.model,
+        "adapter": cfg.adapter,
+        "mode": template.mode,
+        "prompt_fingerprint": template.fingerprint(scorer.spec.surfaces),
+        "label_spec": scorer.spec.to_dict(),
+        "dtype": cfg.dtype,
+        "limit": cfg.limit,
+        "max_input_tokens": cfg.max_input_tokens,
+        "datasets": {k: len(v) for k, v in data.items()},
+        "seconds": round(time.time() - started, 1),
+    }
+    _write_outputs(cfg.output, metrics, all_rows, run)
+    return metrics
+
+
+def _model_title(cfg: EvalConfig) -> str:
+    name = cfg.model + (f" + {Path(cfg.adapter).name}" if cfg.adapter else "")
+    return name + (" (reasoning)" if cfg.reasoning else "")
+
+
+def _write_outputs(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    with (out / "predictions.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(markdown_report(metrics, run))
+
+
+def _fmt(name: str, value: float | int | None) -> str:
+    if value is None:
+        return "n/a"
+    if name == "n":
+        return str(value)
+    if name in ("auroc", "auroc_unsafe", "nll"):
+        return f"{value:.3f}"
+    return f"{100 * value:.1f}%"
+
+
+def markdown_report(metrics: dict[str, dict[str, float | int | None]], run: dict[str, Any]) -> str:
+    """A Markdown table of every metric per dataset."""
+    names = [m for m in METRIC_NAMES if m in REPORT_METRICS] + [m for m in METRIC_NAMES if m not in REPORT_METRICS]
+    lines = [
+        f"# guardcal evaluate: {run['model']}" + (f" + {run['adapter']}" if run["adapter"] else ""),
+        "",
+        f"mode `{run['mode']}`, prompt `{run['prompt_fingerprint']}`, dtype {run['dtype']}, "
+        f"guardcal {run['guardcal_version']}",
+        "",
+        "| dataset | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for key, values in metrics.items():
+        lines.append(f"| {key} | " + " | ".join(_fmt(n, values[n]) for n in names) + " |")
+    lines += ["", "ECE: 15 equal-mass bins, top-label confidence (the paper's ECE).", ""]
+    lines += [f"![{k}](reliability_{slug(k)}.png)" for k in metrics]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""Load any causal LM (the default, a hub id or a local folder) plus a PEFT adapter."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guardcal.errors import ModelError
+from guardcal.models.default import DEFAULT_MODEL, default_model_dir
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_model(model: str) -> str:
+    """``"default"`` → the materialised default folder; anything else unchanged."""
+    if model == DEFAULT_MODEL:
+        return str(default_model_dir())
+    return model
+
+
+def check_adapter_dir(adapter: str | Path) -> Path:
+    """An adapter folder must hold ``adapter_config.json`` and safetensors weights."""
+    path = Path(adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(
+            f"{path} is not a PEFT adapter folder (no adapter_config.json); pass the "
+            "output directory written by `guardcal train`"
+        )
+    if not (path / "adapter_model.safetensors").is_file():
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found pickle files {pickled}, which guardcal refuses to load)" if pickled else ""
+        raise ModelError(
+            f"{path} has no adapter_model.safetensors{hint}; re-save the adapter with "
+            "save_pretrained(..., safe_serialization=True)"
+        )
+    return path
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-score model and tokenizer, with where they came from."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    adapter: str | None
+
+
+def _local_only(path: str) -> bool:
+    return Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer, left-padded for last-position reads, with a pad token."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=_local_only(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    adapter: str | Path | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load ``model`` (and ``adapter``) for inference in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
+    path = resolve_model(model)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), local_files_only=_local_only(path)
+        )
+    except OSError as exc:
+        raise ModelError(
+            f"cannot load model {model!r}: {exc}. Pass --model default, a local folder, "
+            "or a Hugging Face id that is in the local cache"
+        ) from exc
+    if adapter is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(check_adapter_dir(adapter)))
+    lm.to(torch.device(device)).eval()
+    return LoadedModel(lm, load_tokenizer(model), model, str(adapter) if adapter else None)
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device

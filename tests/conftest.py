@@ -1,0 +1,42 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data folder: $GUARDCAL_DATA_DIR, else ../shared/data next to the repo."""
+    env = os.environ.get("GUARDCAL_DATA_DIR")
+    path = Path(env) if env else Path(__file__).parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.fail(
+            f"data directory {path} not found: set GUARDCAL_DATA_DIR to the shared "
+            "data folder (the one holding openai_moderation/ and xstest/)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline() -> None:
+    """Nothing in the suite may reach a model hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def default_model():  # type: ignore[no-untyped-def]
+    """The real embedded default model (SmolLM2-135M-Instruct), loaded once."""
+    from guardcal.models.loading import load_model
+
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model):  # type: ignore[no-untyped-def]
+    return default_model.tokenizer
