@@ -79,6 +79,43 @@ class EvaluateCommand(Command):
         return 0
 
 
+class TrainCommand(Command):
+    name = "train"
+    help = "train a LoRA guard adapter: sft, grpo or cal-grpo (calibration-aware GRPO)"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        from dataclasses import fields
+
+        from guardcal.train.config import TrainConfig, field_help
+
+        helps = field_help()
+        parser.add_argument("--config", help="YAML file with any of the fields below (flags win)")
+        for f in fields(TrainConfig):
+            flag = "--" + f.name.replace("_", "-")
+            names = [flag, "--lambda"] if f.name == "lambda_ce" else [flag]
+            default = TrainConfig.__dataclass_fields__[f.name].default
+            kind = type(default) if default is not None and not isinstance(default, list) else str
+            if f.name == "lora_targets":
+                parser.add_argument(*names, dest=f.name, nargs="+", help=helps[f.name])
+            elif kind is bool:
+                parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, help=helps[f.name])
+            else:
+                parser.add_argument(*names, dest=f.name, type=kind, help=helps[f.name])
+
+    def run(self, args: argparse.Namespace) -> int:
+        from dataclasses import fields
+
+        from guardcal.train.config import TrainConfig, build_config
+
+        overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+        cfg = build_config(overrides, args.config)
+        from guardcal.train.runner import run_training
+
+        out = run_training(cfg)
+        print(f"wrote the adapter, train_config.json, log.jsonl and train_summary.json to {out}")
+        return 0
+
+
 class DataCommand(Command):
     name = "data"
     help = "write the reproducible OpenAI Moderation split manifest"
@@ -109,7 +146,7 @@ class ModelCommand(Command):
         return 0
 
 
-COMMANDS: tuple[Command, ...] = (EvaluateCommand(), DataCommand(), ModelCommand())
+COMMANDS: tuple[Command, ...] = (TrainCommand(), EvaluateCommand(), DataCommand(), ModelCommand())
 
 
 def build_parser() -> argparse.ArgumentParser:

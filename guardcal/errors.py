@@ -6,6 +6,7 @@
      ├── ModelError         a model or adapter cannot be located or loaded
      ├── LabelSpecError     labels that cannot be told apart by their first token
      └── CalibrationError   metrics or calibrators given unusable inputs
+          └── NotFittedError  a calibrator used before ``fit``
 
 Every message says what is wrong and how to fix it.
 """
@@ -35,3 +36,7 @@ class LabelSpecError(GuardcalError, ValueError):
 
 class CalibrationError(GuardcalError, ValueError):
     """Inputs to a metric or calibrator are unusable."""
+
+
+class NotFittedError(CalibrationError):
+    """A calibrator was used (``predict``, ``to_dict``) before ``fit``."""

@@ -1,0 +1,281 @@
+"""Escalation thresholds on the calibrated confidence, fixed or risk-controlled.
+
+The rule: with calibrated ``p = P(unsafe)`` and confidence ``c = max(p, 1 - p)``, a prediction
+is auto-decided when ``c >= threshold`` and escalated otherwise; ``threshold_safe`` applies to
+predicted-safe examples (``p < 0.5``), ``threshold_unsafe`` to predicted-unsafe ones (``p >= 0.5``).
+A label listed in ``Thresholds.escalate_all`` (no threshold could be certified for it) always
+escalates, whatever its threshold.
+
+:func:`risk_controlled_thresholds` is Learn-Then-Test (Angelopoulos et al., 2021) with
+fixed-sequence testing. For each candidate ``t`` (high to low), ``H0(t)``: "the error rate among
+auto-decided examples exceeds alpha". With ``k`` errors among the ``n`` calibration examples
+auto-decided at ``t``, the p-value is ``P(Bin(n, alpha) <= k)`` (the exact binomial test, i.e.
+Clopper-Pearson). Walking down, each ``H0`` is tested at level ``delta`` and the walk stops at the
+first non-rejection; the last rejected ``t`` is chosen, so with probability >= 1 - delta the
+error among auto-decided examples is <= alpha. Leading candidates auto-deciding so few examples
+that even ``k = 0`` cannot reject (``(1 - alpha)^n > delta``) are skipped rather than ending the
+walk; that choice depends on the confidences only, never on the labels. With ``per_label`` the
+predicted-safe and predicted-unsafe groups are tested separately, each at ``delta / 2``
+(Bonferroni), so both guarantees hold together with probability >= 1 - delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from guardcal.calibrate.base import check_calibration_set, check_scores, confidence
+from guardcal.errors import CalibrationError
+from guardcal.types import SAFE, UNSAFE
+
+NO_THRESHOLD_FLAG = "no threshold met the target: everything escalates"
+_FIELDS = ("safe", "unsafe", "method", "details")
+
+
+def _check_threshold(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value <= 1.0:
+        raise CalibrationError(f"{name} must be a number in [0.5, 1] (a confidence max(p, 1 - p)), got {value!r}")
+    return float(value)
+
+
+def _check_rate(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise CalibrationError(f"{name} must be a number in (0, 1), got {value!r}; e.g. 0.05")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Confidence thresholds per predicted label, and how they were chosen.
+
+    Parameters
+    ----------
+    safe, unsafe : float
+        Thresholds in [0.5, 1] for predicted-safe (``p < 0.5``) and predicted-unsafe predictions.
+    method : str
+        ``"fixed"`` or ``"risk_controlled"``.
+    details : dict
+        JSON-safe facts about the choice (targets, sample sizes, calibration coverage/error, flags).
+    escalate_all : tuple of str, default ()
+        Labels (``"safe"``/``"unsafe"``) whose predictions always escalate.
+    """
+
+    safe: float
+    unsafe: float
+    method: str
+    details: dict[str, Any] = field(default_factory=dict)
+    escalate_all: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "safe", _check_threshold(self.safe, "threshold_safe"))
+        object.__setattr__(self, "unsafe", _check_threshold(self.unsafe, "threshold_unsafe"))
+        object.__setattr__(self, "escalate_all", tuple(self.escalate_all))
+        if not set(self.escalate_all) <= {SAFE, UNSAFE}:
+            raise CalibrationError(f"escalate_all may hold only 'safe'/'unsafe', got {list(self.escalate_all)}")
+        if not isinstance(self.method, str) or not isinstance(self.details, dict):
+            raise CalibrationError("Thresholds needs method as a str and details as a dict")
+
+    def auto_mask(self, p_unsafe: ArrayLike) -> NDArray[np.bool_]:
+        """True where a calibrated P(unsafe) is auto-decided, False where it escalates.
+
+        Parameters
+        ----------
+        p_unsafe : array_like
+            Calibrated P(unsafe) values in [0, 1].
+
+        Returns
+        -------
+        ndarray of bool
+        """
+        p = check_scores(p_unsafe, "p_unsafe")
+        unsafe = p >= 0.5
+        mask = confidence(p) >= np.where(unsafe, self.unsafe, self.safe)
+        for label in self.escalate_all:
+            mask &= unsafe if label == SAFE else ~unsafe
+        return mask
+
+    def decide(self, p_unsafe: float) -> Literal["auto", "escalate"]:
+        """``"auto"`` if one calibrated P(unsafe) is auto-decided, else ``"escalate"``."""
+        return "auto" if bool(self.auto_mask([p_unsafe])[0]) else "escalate"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict: ``safe``, ``unsafe``, ``method``, ``details``, ``escalate_all``."""
+        return {
+            "safe": self.safe,
+            "unsafe": self.unsafe,
+            "method": self.method,
+            "details": self.details,
+            "escalate_all": list(self.escalate_all),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Thresholds:
+        """Rebuild from :meth:`to_dict` output; raises CalibrationError naming a missing key."""
+        if not isinstance(d, Mapping):
+            raise CalibrationError(f"thresholds must be a JSON object, got {type(d).__name__}")
+        if missing := [k for k in _FIELDS if k not in d]:
+            raise CalibrationError(f"thresholds dict is missing {missing}; pass what Thresholds.to_dict() returned")
+        details, escalate = d["details"], d.get("escalate_all", [])
+        if not isinstance(details, Mapping) or not isinstance(escalate, (list, tuple)):
+            raise CalibrationError("thresholds 'details' must be an object and 'escalate_all' a list of labels")
+        return cls(d["safe"], d["unsafe"], d["method"], dict(details), tuple(escalate))
+
+
+def fixed_thresholds(threshold: float, threshold_unsafe: float | None = None) -> Thresholds:
+    """Plain thresholds: ``threshold`` for both labels, or for predicted-safe only.
+
+    Parameters
+    ----------
+    threshold : float
+        Confidence threshold in [0.5, 1] (0.5 auto-decides everything).
+    threshold_unsafe : float, optional
+        Separate threshold for predicted-unsafe predictions; defaults to ``threshold``.
+
+    Returns
+    -------
+    Thresholds
+    """
+    safe = _check_threshold(threshold, "threshold")
+    unsafe = safe if threshold_unsafe is None else _check_threshold(threshold_unsafe, "threshold_unsafe")
+    return Thresholds(safe=safe, unsafe=unsafe, method="fixed", details={})
+
+
+def coverage_and_error(p_unsafe: ArrayLike, labels: ArrayLike, thresholds: Thresholds) -> dict[str, Any]:
+    """Share auto-decided and the error rate among them.
+
+    Parameters
+    ----------
+    p_unsafe, labels : array_like
+        Calibrated P(unsafe) and 0/1 gold labels (1 = unsafe).
+    thresholds : Thresholds
+
+    Returns
+    -------
+    dict
+        ``coverage`` (float), ``error`` (float, or None when nothing is auto-decided), ``n_auto``, ``n``.
+    """
+    p, y = check_calibration_set(p_unsafe, labels, need_both_classes=False)
+    auto = thresholds.auto_mask(p)
+    n_auto = int(auto.sum())
+    errors = int(np.count_nonzero((p[auto] >= 0.5) != (y[auto] == 1)))
+    return {"coverage": n_auto / p.size, "error": errors / n_auto if n_auto else None, "n_auto": n_auto, "n": p.size}
+
+
+def _ltt(
+    conf: NDArray[np.float64], wrong: NDArray[np.bool_], alpha: float, delta: float, grid: NDArray[np.float64]
+) -> dict[str, Any]:
+    """Fixed-sequence LTT on one group; ``grid`` sorted high to low. Returns the group's facts."""
+    from scipy.stats import binom  # calibration-time only
+
+    order = np.argsort(conf)
+    sorted_conf, cum_wrong = conf[order], np.concatenate([[0], np.cumsum(wrong[order][::-1])])
+    n = conf.size - np.searchsorted(sorted_conf, grid, side="left")  # auto-decided count at each candidate
+    k = cum_wrong[n]  # errors among the n most confident
+    p_values = binom.cdf(k, n, alpha)
+    testable = np.flatnonzero(binom.cdf(0, n, alpha) <= delta)  # can reject at all (k = 0)
+    chosen: int | None = None
+    if testable.size:
+        for i in range(testable[0], grid.size):
+            if p_values[i] > delta:
+                break
+            chosen = i
+    met = chosen is not None
+    i = chosen if met else 0
+    threshold = float(grid[i]) if met else 1.0
+    n_auto, k_auto = (int(n[i]), int(k[i])) if met else (0, 0)
+    return {
+        "threshold": threshold,
+        "met": met,
+        "alpha": alpha,
+        "delta": delta,
+        "n": int(conf.size),
+        "n_auto": n_auto,
+        "errors": k_auto,
+        "p_value": float(p_values[i]) if met else None,
+        "coverage": n_auto / conf.size if conf.size else 0.0,
+        "error": k_auto / n_auto if n_auto else None,
+    }
+
+
+def risk_controlled_thresholds(
+    p_unsafe: ArrayLike,
+    labels: ArrayLike,
+    target_error: float = 0.05,
+    delta: float = 0.1,
+    per_label: bool = True,
+    target_error_unsafe: float | None = None,
+    grid: ArrayLike | None = None,
+) -> Thresholds:
+    """Thresholds whose auto-decided error is <= ``target_error`` with probability >= 1 - ``delta``.
+
+    Learn-Then-Test with fixed-sequence testing (see the module docstring). Calibration data
+    must be held out from anything used to fit the calibrator or choose the model.
+
+    Parameters
+    ----------
+    p_unsafe, labels : array_like
+        Calibrated P(unsafe) in [0, 1] and 0/1 gold labels (1 = unsafe) of a held-out set.
+    target_error : float, default 0.05
+        alpha: the tolerated error rate among auto-decided (predicted-safe, if ``per_label``) examples.
+    delta : float, default 0.1
+        Tolerated probability that the guarantee fails (split ``delta / 2`` per label if ``per_label``).
+    per_label : bool, default True
+        Certify predicted-safe and predicted-unsafe predictions separately (Bonferroni).
+    target_error_unsafe : float, optional
+        alpha for predicted-unsafe examples (default ``target_error``); needs ``per_label``.
+    grid : array_like, optional
+        Candidate thresholds in [0.5, 1]; default: every calibration confidence plus 1.0.
+
+    Returns
+    -------
+    Thresholds
+        ``method="risk_controlled"``; a label with no certified threshold gets 1.0, is listed
+        in ``escalate_all`` and ``details["flags"]`` says "no threshold met the target: everything escalates".
+    """
+    p, y = check_calibration_set(p_unsafe, labels, need_both_classes=False)
+    alpha_safe = _check_rate(target_error, "target_error")
+    delta = _check_rate(delta, "delta")
+    if target_error_unsafe is not None and not per_label:
+        raise CalibrationError("target_error_unsafe needs per_label=True; drop it or set per_label=True")
+    alpha_unsafe = (
+        alpha_safe if target_error_unsafe is None else _check_rate(target_error_unsafe, "target_error_unsafe")
+    )
+    candidates = None if grid is None else check_scores(grid, "grid")
+    if candidates is not None and (candidates.size == 0 or np.any(candidates < 0.5)):
+        raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
+    conf, pred_unsafe = confidence(p), p >= 0.5
+    wrong = pred_unsafe != (y == 1)
+
+    def group(mask: NDArray[np.bool_], alpha: float, level: float) -> dict[str, Any]:
+        values = np.unique(np.append(conf[mask], 1.0)) if candidates is None else np.unique(candidates)
+        return _ltt(conf[mask], wrong[mask], alpha, level, values[::-1])
+
+    if per_label:
+        groups = {
+            SAFE: group(~pred_unsafe, alpha_safe, delta / 2.0),
+            UNSAFE: group(pred_unsafe, alpha_unsafe, delta / 2.0),
+        }
+        safe_t, unsafe_t = groups[SAFE]["threshold"], groups[UNSAFE]["threshold"]
+        failed = [label for label in (SAFE, UNSAFE) if not groups[label]["met"]]
+    else:
+        groups = {"all": group(np.ones(p.size, dtype=bool), alpha_safe, delta)}
+        safe_t = unsafe_t = groups["all"]["threshold"]
+        failed = [] if groups["all"]["met"] else [SAFE, UNSAFE]
+    flags = [f"{name}: {NO_THRESHOLD_FLAG}" for name, g in groups.items() if not g["met"]]
+    details: dict[str, Any] = {
+        "target_error": {SAFE: alpha_safe, UNSAFE: alpha_unsafe},
+        "delta": delta,
+        "per_label": per_label,
+        "correction": "bonferroni (delta / 2 per label)" if per_label else "none",
+        "grid": "calibration confidences + 1.0" if candidates is None else f"{candidates.size} given values",
+        "n": int(p.size),
+        "groups": groups,
+        "flags": flags,
+    }
+    result = Thresholds(safe_t, unsafe_t, "risk_controlled", details, tuple(failed))
+    details["calibration"] = coverage_and_error(p, y, result)
+    return result

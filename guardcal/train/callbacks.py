@@ -1,0 +1,72 @@
+"""Training callbacks: a JSONL log of every logged step, and a calibration evaluation."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import TrainerCallback
+
+from guardcal.backends.hf import HFScorer
+from guardcal.calibrate.metrics import compute_metrics
+from guardcal.types import UNSAFE, Example
+
+
+class JsonlLog:
+    """Appends one JSON object per line; shared by both callbacks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Every ``trainer.log`` call (loss, loss/policy, loss/ce, reward, …) goes to log.jsonl."""
+
+    def __init__(self, log: JsonlLog) -> None:
+        self.log = log
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if logs:
+            self.log.write({"step": state.global_step, "time": round(time.time(), 1), **logs})
+
+
+class CalibrationEvalCallback(TrainerCallback):
+    """Every ``eval_steps`` steps (and at the end): accuracy, ECE, Brier on a validation slice."""
+
+    def __init__(self, log: JsonlLog, scorer_factory: Any, examples: list[Example], eval_steps: int) -> None:
+        self.log = log
+        self.scorer_factory = scorer_factory
+        self.examples = examples
+        self.eval_steps = eval_steps
+        self.last_step = -1
+
+    def evaluate(self, model: Any, step: int) -> dict[str, Any]:
+        scorer: HFScorer = self.scorer_factory(model)
+        was_training = model.training
+        model.eval()
+        try:
+            scores = scorer.score([e.text for e in self.examples]).scores
+        finally:
+            model.train(was_training)
+        y = np.array([e.label == UNSAFE for e in self.examples], dtype=np.int64)
+        m = compute_metrics(y, scores.pred_unsafe, scores.p_unsafe_norm, scores.confidence)
+        record = {"step": step, **{f"eval/{k}": v for k, v in m.items()}}
+        self.log.write(record)
+        self.last_step = step
+        return record
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if self.examples and self.eval_steps > 0 and state.global_step % self.eval_steps == 0:
+            self.evaluate(model, state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if self.examples and self.last_step != state.global_step:
+            self.evaluate(model, state.global_step)

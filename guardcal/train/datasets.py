@@ -1,0 +1,54 @@
+"""Turn labelled examples into TRL datasets built with the shared prompt template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guardcal.core.labels import LabelSpec
+from guardcal.core.prompt import PromptTemplate
+from guardcal.errors import DataError
+from guardcal.types import LABELS, Example
+
+
+def check_trainable(examples: list[Example], key: str) -> None:
+    """A training set needs examples of both labels."""
+    if not examples:
+        raise DataError(f"training set {key!r} is empty; pass a dataset with labelled rows")
+    present = {e.label for e in examples}
+    if present != set(LABELS):
+        raise DataError(
+            f"training set {key!r} has only {sorted(present)} labels; a classifier needs both 'safe' and "
+            "'unsafe' examples"
+        )
+
+
+def truncate(text: str, tokenizer: Any, max_tokens: int) -> str:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else str(tokenizer.decode(ids[:max_tokens]))
+
+
+def decision_token_id(tokenizer: Any, spec: LabelSpec, label: str) -> int:
+    """The token SFT teaches after ``Classification:``: the first token of ' <Label>'."""
+    surface = spec.surfaces[spec.labels.index(label)]
+    return int(tokenizer.encode(" " + surface, add_special_tokens=False)[0])
+
+
+def sft_rows(
+    examples: list[Example], tokenizer: Any, spec: LabelSpec, template: PromptTemplate, max_tokens: int
+) -> list[dict[str, Any]]:
+    """Pre-tokenised rows: the prompt, then the decision token; loss on the decision token only."""
+    rows = []
+    for ex in examples:
+        prompt_ids = tokenizer.encode(
+            template.render(truncate(ex.text, tokenizer, max_tokens)), add_special_tokens=False
+        )
+        ids = prompt_ids + [decision_token_id(tokenizer, spec, ex.label)]
+        rows.append({"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1]})
+    return rows
+
+
+def grpo_rows(
+    examples: list[Example], tokenizer: Any, template: PromptTemplate, max_tokens: int
+) -> list[dict[str, Any]]:
+    """Plain-text prompts with the gold label as a column (reward functions receive it)."""
+    return [{"prompt": template.render(truncate(e.text, tokenizer, max_tokens)), "label": e.label} for e in examples]

@@ -1,0 +1,155 @@
+"""``guardcal train``: build the model, data and TRL trainer from a ``TrainConfig`` and run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from guardcal import __version__
+from guardcal.core.decision import DecisionParser
+from guardcal.core.labels import LabelSpec
+from guardcal.core.prompt import PromptTemplate
+from guardcal.data.datasets import load_dataset, write_split_manifest
+from guardcal.train.config import TrainConfig
+from guardcal.train.datasets import check_trainable, grpo_rows, sft_rows
+
+
+def _common_args(cfg: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    return {
+        "output_dir": cfg.output,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.per_device_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "max_steps": cfg.max_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "seed": cfg.seed,
+        "bf16": cfg.bf16,
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": "none",
+        "disable_tqdm": False,
+    }
+
+
+def latest_checkpoint(output: Path) -> str | None:
+    ckpts = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[Any]) -> Any:
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    spec = LabelSpec.from_tokenizer(tokenizer)
+    template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
+    examples = load_dataset(cfg.train_dataset, cfg.data_dir)
+    check_trainable(examples, cfg.train_dataset)
+    if cfg.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        rows = sft_rows(examples, tokenizer, spec, template, cfg.max_input_tokens)
+        args = SFTConfig(**_common_args(cfg), completion_only_loss=True, max_length=None, packing=False)
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    from trl import GRPOConfig
+
+    from guardcal.train.grpo import GuardGRPOTrainer
+    from guardcal.train.rewards import make_decision_reward
+    from guardcal.train.rollout import ForcedDecisionRollout
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    parser = DecisionParser.for_tokenizer(tokenizer, spec, reasoning=cfg.reasoning)
+    suffix_len = len(tokenizer.encode(template.decision_suffix(), add_special_tokens=False))
+    args = GRPOConfig(
+        **_common_args(cfg),
+        num_generations=cfg.num_generations,
+        temperature=cfg.temperature,
+        max_completion_length=cfg.reasoning_budget + suffix_len + 1,
+        beta=0.0,
+        loss_type="bnpo",
+        scale_rewards="none" if cfg.advantage == "beta" else "group",
+        importance_sampling_level="token",
+    )
+    return GuardGRPOTrainer(
+        model=model,
+        reward_funcs=[make_decision_reward(parser)],
+        args=args,
+        train_dataset=Dataset.from_list(grpo_rows(examples, tokenizer, template, cfg.max_input_tokens)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        rollout_func=ForcedDecisionRollout(template, cfg.reasoning_budget, cfg.temperature),
+        parser=parser,
+        spec=spec,
+        calibration_aware=cfg.method == "cal-grpo",
+        lambda_ce=cfg.lambda_ce,
+        ce_variant=cfg.ce_variant,
+        advantage=cfg.advantage,
+    )
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train, save the adapter and the records; resume from the newest checkpoint in ``output``."""
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from guardcal.backends.hf import HFScorer
+    from guardcal.models.loading import load_tokenizer, resolve_model
+    from guardcal.train.callbacks import CalibrationEvalCallback, JsonlLog, JsonlLogCallback
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+    (out / "train_config.json").write_text(json.dumps({**cfg.to_dict(), "guardcal_version": __version__}, indent=2))
+    if cfg.train_dataset.startswith("openai-moderation"):
+        write_split_manifest(out / "split_manifest.json", cfg.data_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=torch.float32)
+    log = JsonlLog(out / "log.jsonl")
+    template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
+    eval_examples = load_dataset(cfg.eval_dataset, cfg.data_dir)[: cfg.eval_limit] if cfg.eval_limit else []
+    factory = lambda m: HFScorer(
+        m,
+        tokenizer,
+        template,
+        batch_size=8,  # noqa: E731
+        max_input_tokens=cfg.max_input_tokens,
+        max_new_tokens=cfg.reasoning_budget,
+    )
+    callbacks = [JsonlLogCallback(log), CalibrationEvalCallback(log, factory, eval_examples, cfg.eval_steps)]
+    trainer = build_trainer(cfg, model, tokenizer, callbacks)
+    resume = latest_checkpoint(out)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out))
+    summary = {
+        "method": cfg.method,
+        "seconds": round(time.time() - started, 1),
+        "resumed_from": resume,
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out

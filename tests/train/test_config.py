@@ -1,0 +1,65 @@
+"""Training configs are checked before any model loads."""
+
+import pytest
+
+from guardcal.cli import main
+from guardcal.errors import ConfigError, DataError
+from guardcal.train.config import PROFILE_VALUES, TrainConfig, build_config, field_help
+from guardcal.train.datasets import check_trainable
+from guardcal.types import Example
+
+
+def test_profiles_and_overrides(tmp_path):
+    cfg = build_config({"method": "cal-grpo", "output": "o"})
+    assert cfg.num_generations == PROFILE_VALUES["cpu-small"]["grpo"]["num_generations"]
+    assert cfg.reasoning and cfg.lambda_ce == 0.001
+    paper = build_config({"method": "grpo", "profile": "paper", "output": "o"})
+    assert (paper.num_generations, paper.reasoning_budget, paper.learning_rate) == (32, 256, 1e-3)
+    assert paper.per_device_batch * paper.grad_accum == 256  # effective batch of completions
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("method: sft\nepochs: 7\nlora-r: 8\n")
+    cfg = build_config({"output": "o", "epochs": 2.0}, yaml_file)
+    assert (cfg.method, cfg.epochs, cfg.lora_r, cfg.reasoning) == ("sft", 2.0, 8, False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"method": "dpo"}, "unknown method 'dpo'"),
+        ({"lambda_ce": -0.1}, "lambda_ce must be >= 0"),
+        ({"per_device_batch": 6, "grad_accum": 1, "num_generations": 4}, "divisible by num_generations"),
+        ({"num_generations": 1, "per_device_batch": 4}, "at least 2"),
+        ({"advantage": "ppo"}, "unknown advantage"),
+        ({"ce_variant": "x"}, "unknown ce_variant"),
+        ({"lora_dropout": 1.5}, "lora_dropout"),
+    ],
+)
+def test_bad_configs_fail_clearly(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(output="o", **fields)
+
+
+def test_yaml_unknown_field_and_missing_output(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lamda: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown field.*lamda"):
+        build_config({"output": "o"}, bad)
+    with pytest.raises(ConfigError, match="--output"):
+        build_config({})
+
+
+def test_dataset_without_both_labels_is_refused():
+    with pytest.raises(DataError, match="only \\['safe'\\]"):
+        check_trainable([Example("1", "hi", "safe")], "jsonl:x")
+    with pytest.raises(DataError, match="empty"):
+        check_trainable([], "jsonl:x")
+
+
+def test_cli_refuses_bad_config_before_loading(tmp_path, capsys):
+    assert main(["train", "--method", "cal-grpo", "--lambda", "-1", "--output", str(tmp_path)]) == 2
+    assert "lambda_ce must be >= 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written, no model loaded
+
+
+def test_every_field_has_help():
+    assert all(field_help().values())
