@@ -130,14 +130,17 @@ def run_training(cfg: TrainConfig) -> Path:
     log = JsonlLog(out / "log.jsonl")
     template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
     eval_examples = load_dataset(cfg.eval_dataset, cfg.data_dir)[: cfg.eval_limit] if cfg.eval_limit else []
-    factory = lambda m: HFScorer(
-        m,
-        tokenizer,
-        template,
-        batch_size=8,  # noqa: E731
-        max_input_tokens=cfg.max_input_tokens,
-        max_new_tokens=cfg.reasoning_budget,
-    )
+
+    def factory(m: Any) -> HFScorer:
+        return HFScorer(
+            m,
+            tokenizer,
+            template,
+            batch_size=8,
+            max_input_tokens=cfg.max_input_tokens,
+            max_new_tokens=cfg.reasoning_budget,
+        )
+
     callbacks = [JsonlLogCallback(log), CalibrationEvalCallback(log, factory, eval_examples, cfg.eval_steps)]
     trainer = build_trainer(cfg, model, tokenizer, callbacks)
     resume = latest_checkpoint(out)
