@@ -39,7 +39,8 @@ class EvaluateCommand(Command):
         parser.add_argument(
             "--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or a HF id"
         )
-        parser.add_argument("--adapter", help="PEFT adapter folder (safetensors)")
+        parser.add_argument("--adapter", help="PEFT adapter folder (safetensors), or 'default'")
+        parser.add_argument("--bundle", help="calibration bundle JSON, or 'default': metrics become calibrated")
         parser.add_argument(
             "--dataset", action="append", dest="datasets", required=True, help=f"repeatable; {describe_datasets()}"
         )
@@ -70,6 +71,7 @@ class EvaluateCommand(Command):
             batch_size=args.batch_size,
             max_input_tokens=args.max_input_tokens,
             max_new_tokens=args.max_new_tokens,
+            bundle=args.bundle,
             progress=not args.no_progress,
         )
         metrics = run_evaluation(cfg)
@@ -116,6 +118,66 @@ class TrainCommand(Command):
         return 0
 
 
+class CalibrateCommand(Command):
+    name = "calibrate"
+    help = "fit a post-hoc calibrator + escalation thresholds on openai-moderation:calib and write a bundle"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", default="default", help="'default', a local folder or a HF id")
+        parser.add_argument("--adapter", help="PEFT adapter folder, or 'default' (the shipped adapter)")
+        parser.add_argument("--method", default="isotonic", choices=("platt", "isotonic", "temperature"))
+        parser.add_argument("--output", type=Path, required=True, help="bundle JSON to write")
+        parser.add_argument("--report", type=Path, help="folder for report.md and before/after reliability PNGs")
+        parser.add_argument("--reasoning", action="store_true", help="reasoning prompt (must match serving)")
+        parser.add_argument("--target-error", type=float, default=0.05, help="α: error allowed among auto-decided")
+        parser.add_argument("--target-error-unsafe", type=float, help="a separate α for predicted-unsafe")
+        parser.add_argument("--delta", type=float, default=0.1, help="the guarantee holds with probability 1 − δ")
+        parser.add_argument("--threshold", type=float, help="a fixed confidence threshold instead of risk control")
+        parser.add_argument("--fit-dataset", default="openai-moderation:calib")
+        parser.add_argument(
+            "--eval-dataset",
+            action="append",
+            dest="eval_datasets",
+            help="repeatable (default: openai-moderation:test and xstest)",
+        )
+        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+        parser.add_argument("--max-input-tokens", type=int, default=1024)
+        parser.add_argument("--max-new-tokens", type=int, default=256, help="reasoning budget")
+        parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset (smoke runs)")
+        parser.add_argument("--no-progress", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from guardcal.posthoc import CalibrateConfig, run_calibration
+
+        cfg = CalibrateConfig(
+            output=args.output,
+            method=args.method,
+            model=args.model,
+            adapter=args.adapter,
+            reasoning=args.reasoning,
+            data_dir=args.data_dir,
+            fit_dataset=args.fit_dataset,
+            eval_datasets=args.eval_datasets or ["openai-moderation:test", "xstest"],
+            target_error=args.target_error,
+            target_error_unsafe=args.target_error_unsafe,
+            delta=args.delta,
+            threshold=args.threshold,
+            report=args.report,
+            max_input_tokens=args.max_input_tokens,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
+        bundle = run_calibration(cfg)
+        for stage in ("before", "after"):
+            for key, m in bundle.metrics[stage].items():
+                print(f"{stage:6} {key:24} accuracy {m['accuracy']:.3f}  ECE {m['ece']:.3f}  Brier {m['brier']:.3f}")
+        t = bundle.thresholds
+        print(f"thresholds ({t['method']}): safe >= {t['safe']:.3f}, unsafe >= {t['unsafe']:.3f}")
+        print(f"wrote {args.output}" + (f" and {args.report}/report.md" if args.report else ""))
+        return 0
+
+
 class DataCommand(Command):
     name = "data"
     help = "write the reproducible OpenAI Moderation split manifest"
@@ -146,7 +208,7 @@ class ModelCommand(Command):
         return 0
 
 
-COMMANDS: tuple[Command, ...] = (TrainCommand(), EvaluateCommand(), DataCommand(), ModelCommand())
+COMMANDS: tuple[Command, ...] = (TrainCommand(), CalibrateCommand(), EvaluateCommand(), DataCommand(), ModelCommand())
 
 
 def build_parser() -> argparse.ArgumentParser:

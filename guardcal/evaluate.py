@@ -16,20 +16,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from guardcal import __version__
+from guardcal.assets import DEFAULT, DEFAULT_BUNDLE
+from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.metrics import METRIC_NAMES, compute_metrics
 from guardcal.calibrate.plots import plot_reliability, slug
+from guardcal.calibrate.thresholds import coverage_and_error
 from guardcal.core.confidence import Scores
 from guardcal.core.prompt import PromptTemplate
 from guardcal.data.datasets import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.types import UNSAFE, Example
+
+if TYPE_CHECKING:
+    from guardcal.backends.hf import HFScorer
 
 REPORT_METRICS = ("n", "accuracy", "ece", "brier", "auroc", "auroc_unsafe", "nll", "overconfident_ratio")
 
@@ -49,8 +55,8 @@ class EvalConfig:
     batch_size: int = 8
     max_input_tokens: int = 1024
     max_new_tokens: int = 256
+    bundle: str | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -86,22 +92,77 @@ def prediction_rows(dataset: str, examples: Sequence[Example], scores: Scores) -
     ]
 
 
-def metrics_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, float | int | None]:
-    """Recompute the metrics of one dataset from its prediction rows."""
+def add_calibrated(rows: list[dict[str, Any]], bundle: CalibrationBundle) -> dict[str, Any]:
+    """Add ``calibrated_p_unsafe`` / ``calibrated_confidence`` / ``action`` to rows; return escalation stats."""
+    p_cal = bundle.calibrator().predict(np.array([r["p_unsafe"] for r in rows], dtype=np.float64))
+    thresholds = bundle.get_thresholds()
+    auto = thresholds.auto_mask(p_cal)
+    for row, p, a in zip(rows, p_cal, auto, strict=True):
+        row["calibrated_p_unsafe"] = float(p)
+        row["calibrated_confidence"] = float(max(p, 1.0 - p))
+        row["action"] = ("block" if p >= 0.5 else "allow") if a else "escalate"
+    y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
+    return coverage_and_error(p_cal, y, thresholds)
+
+
+def confidence_and_correct(rows: list[dict[str, Any]], calibrated: bool = False) -> tuple[Any, Any]:
+    """Top-label confidence and 0/1 correctness, raw (paper's confidence) or calibrated."""
+    y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
+    if calibrated:
+        p = np.array([r["calibrated_p_unsafe"] for r in rows], dtype=np.float64)
+        return np.maximum(p, 1 - p), ((p >= 0.5).astype(np.int64) == y).astype(np.int64)
+    pred = np.array([r["pred"] == UNSAFE for r in rows], dtype=np.int64)
+    return np.array([r["confidence"] for r in rows], dtype=np.float64), (pred == y).astype(np.int64)
+
+
+def metrics_from_rows(rows: Iterable[dict[str, Any]], calibrated: bool = False) -> dict[str, float | int | None]:
+    """Recompute the metrics of one dataset from its prediction rows (raw or calibrated)."""
     rows = list(rows)
     y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
+    if calibrated:
+        p = np.array([r["calibrated_p_unsafe"] for r in rows], dtype=np.float64)
+        return compute_metrics(y, (p >= 0.5).astype(np.int64), p, np.maximum(p, 1 - p))
     pred = np.array([r["pred"] == UNSAFE for r in rows], dtype=np.int64)
     p = np.array([r["p_unsafe"] for r in rows], dtype=np.float64)
     conf = np.array([r["confidence"] for r in rows], dtype=np.float64)
     return compute_metrics(y, pred, p, conf)
 
 
-def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
-    """Evaluate ``cfg.model`` on every dataset and write the outputs."""
-    from guardcal.backends.hf import HFScorer
-    from guardcal.models.loading import load_model
+def load_bundle(name: str) -> CalibrationBundle:
+    """``default`` → the shipped bundle; anything else is a path to a bundle JSON."""
+    path = DEFAULT_BUNDLE if name == DEFAULT else Path(name)
+    if name == DEFAULT and not path.is_file():
+        raise ConfigError("no default bundle is shipped in this build; pass --bundle FILE from guardcal calibrate")
+    return CalibrationBundle.load(path)
 
-    data = {key: subsample(load_dataset(key, cfg.data_dir), cfg.limit) for key in cfg.datasets}
+
+@dataclass
+class ScoringSession:
+    """A loaded scorer and the identity a calibration bundle is checked against."""
+
+    scorer: HFScorer
+    model_id: str
+    adapter_hash: str | None
+
+    @property
+    def template(self) -> PromptTemplate:
+        return self.scorer.template
+
+    def check_bundle(self, bundle: CalibrationBundle) -> None:
+        bundle.check_compatible(
+            model_id=self.model_id,
+            adapter_hash=self.adapter_hash,
+            mode=self.template.mode,
+            prompt_fingerprint=self.template.fingerprint(self.scorer.spec.surfaces),
+            label_spec=self.scorer.spec,
+        )
+
+
+def open_session(cfg: EvalConfig) -> ScoringSession:
+    """Load the model (+ adapter) named by ``cfg`` and wrap it in a scorer."""
+    from guardcal.backends.hf import HFScorer
+    from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
+
     loaded = load_model(cfg.model, cfg.adapter, dtype=cfg.dtype)
     template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
     scorer = HFScorer(
@@ -112,25 +173,35 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
         max_input_tokens=cfg.max_input_tokens,
         max_new_tokens=cfg.max_new_tokens,
     )
+    return ScoringSession(scorer, model_identity(cfg.model), adapter_fingerprint(cfg.adapter))
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
+    """Evaluate ``cfg.model`` on every dataset and write the outputs."""
+    data = {key: subsample(load_dataset(key, cfg.data_dir), cfg.limit) for key in cfg.datasets}
+    session = open_session(cfg)
+    bundle = load_bundle(cfg.bundle) if cfg.bundle else None
+    if bundle is not None:
+        session.check_bundle(bundle)
+    scorer, template = session.scorer, session.template
     cfg.output.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, dict[str, float | int | None]] = {}
     all_rows: list[dict[str, Any]] = []
     started = time.time()
+    escalation: dict[str, Any] = {}
     for key, examples in data.items():
         scored = scorer.score([ex.text for ex in examples], progress=cfg.progress)
         rows = prediction_rows(key, examples, scored.scores)
         if scored.reasoning is not None:
             for row, thought in zip(rows, scored.reasoning, strict=True):
                 row["reasoning"] = thought
-        metrics[key] = metrics_from_rows(rows)
+        if bundle is not None:
+            escalation[key] = add_calibrated(rows, bundle)
+        metrics[key] = metrics_from_rows(rows, calibrated=bundle is not None)
         all_rows.extend(rows)
-        correct = np.array([r["label"] == r["pred"] for r in rows], dtype=np.int64)
-        plot_reliability(
-            scored.scores.confidence,
-            correct,
-            cfg.output / f"reliability_{slug(key)}.png",
-            title=f"{_model_title(cfg)} on {key}",
-        )
+        conf, correct = confidence_and_correct(rows, calibrated=bundle is not None)
+        title = f"{_model_title(cfg)} on {key}" + (f" + {bundle.method}" if bundle else "")
+        plot_reliability(conf, correct, cfg.output / f"reliability_{slug(key)}.png", title=title)
     run = {
         "guardcal_version": __version__,
         "model": cfg.model,
@@ -143,6 +214,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
         "max_input_tokens": cfg.max_input_tokens,
         "datasets": {k: len(v) for k, v in data.items()},
         "seconds": round(time.time() - started, 1),
+        "bundle": cfg.bundle,
+        "escalation": escalation,
     }
     _write_outputs(cfg.output, metrics, all_rows, run)
     return metrics

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guardcal.assets import DEFAULT, DEFAULT_ADAPTER
 from guardcal.errors import ModelError
 from guardcal.models.default import DEFAULT_MODEL, default_model_dir
 
@@ -23,9 +24,18 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def resolve_adapter(adapter: str | Path) -> Path:
+    """``"default"`` → the adapter shipped in the package; anything else is a folder."""
+    if str(adapter) == DEFAULT:
+        if not (DEFAULT_ADAPTER / "adapter_config.json").is_file():
+            raise ModelError("no default adapter is shipped in this build; pass --adapter DIR from guardcal train")
+        return DEFAULT_ADAPTER
+    return Path(adapter)
+
+
 def check_adapter_dir(adapter: str | Path) -> Path:
     """An adapter folder must hold ``adapter_config.json`` and safetensors weights."""
-    path = Path(adapter)
+    path = resolve_adapter(adapter)
     if not (path / "adapter_config.json").is_file():
         raise ModelError(
             f"{path} is not a PEFT adapter folder (no adapter_config.json); pass the "
@@ -99,3 +109,25 @@ def load_model(
 
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+def model_identity(model: str) -> str:
+    """A stable id for bundles: the default model's id names its weights' digest."""
+    if model == DEFAULT_MODEL:
+        return "default:" + default_model_dir().name
+    return model
+
+
+def adapter_fingerprint(adapter: str | Path | None) -> str | None:
+    """sha256 over the adapter's config and safetensors weights (None without an adapter)."""
+    if adapter is None:
+        return None
+    import hashlib
+
+    path = check_adapter_dir(adapter)
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        with (path / name).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()[:16]

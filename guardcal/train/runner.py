@@ -60,11 +60,13 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
     examples = load_dataset(cfg.train_dataset, cfg.data_dir)
     check_trainable(examples, cfg.train_dataset)
     if cfg.method == "sft":
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
+
+        from guardcal.train.sft import DecisionSFTTrainer
 
         rows = sft_rows(examples, tokenizer, spec, template, cfg.max_input_tokens)
         args = SFTConfig(**_common_args(cfg), completion_only_loss=True, max_length=None, packing=False)
-        return SFTTrainer(
+        return DecisionSFTTrainer(
             model=model,
             args=args,
             train_dataset=Dataset.from_list(rows),

@@ -1,0 +1,112 @@
+"""`guardcal calibrate` and `guardcal evaluate --bundle` on the real default model."""
+
+import json
+
+import pytest
+
+from guardcal.calibrate.bundle import CalibrationBundle
+from guardcal.cli import main
+from guardcal.errors import CalibrationError
+from guardcal.evaluate import EvalConfig, metrics_from_rows, run_evaluation
+
+EVAL = ["openai-moderation:test", "xstest"]
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory, data_dir, default_model):
+    out = tmp_path_factory.mktemp("cal")
+    code = main(
+        [
+            "calibrate",
+            "--method",
+            "isotonic",
+            "--output",
+            str(out / "bundle.json"),
+            "--report",
+            str(out / "report"),
+            "--data-dir",
+            str(data_dir),
+            "--limit",
+            "48",
+            "--max-input-tokens",
+            "128",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    return out / "bundle.json"
+
+
+def test_bundle_has_the_promised_shape(bundle_path):
+    raw = json.loads(bundle_path.read_text())
+    assert {
+        "method",
+        "params",
+        "thresholds",
+        "metrics",
+        "label_spec",
+        "prompt_fingerprint",
+        "mode",
+        "model_id",
+        "adapter_hash",
+        "guardcal_version",
+        "created_at",
+    } <= set(raw)
+    assert raw["method"] == "isotonic" and raw["adapter_hash"] is None and raw["mode"] == "direct"
+    for stage in ("before", "after"):
+        assert list(raw["metrics"][stage]) == EVAL
+        assert {"accuracy", "ece", "brier", "auroc"} <= set(raw["metrics"][stage]["xstest"])
+    assert raw["thresholds"]["method"] in ("risk_controlled", "ltt", "fixed") or raw["thresholds"]["method"]
+    report = bundle_path.parent / "report"
+    assert (report / "report.md").read_text().count("| before |") == 2
+    assert (report / "reliability_xstest_after.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_with_bundle_reports_calibrated_metrics(bundle_path, tmp_path, data_dir):
+    cfg = EvalConfig(
+        datasets=["xstest"],
+        output=tmp_path,
+        limit=12,
+        data_dir=str(data_dir),
+        bundle=str(bundle_path),
+        progress=False,
+        max_input_tokens=128,
+    )
+    metrics = run_evaluation(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    bundle = CalibrationBundle.load(bundle_path)
+    for r in rows:
+        assert r["calibrated_p_unsafe"] == pytest.approx(float(bundle.calibrator().predict([r["p_unsafe"]])[0]))
+        assert r["calibrated_confidence"] == pytest.approx(max(r["calibrated_p_unsafe"], 1 - r["calibrated_p_unsafe"]))
+        assert r["action"] in ("allow", "block", "escalate")
+    assert metrics["xstest"] == pytest.approx(metrics_from_rows(rows, calibrated=True), nan_ok=True)
+    assert metrics["xstest"] != pytest.approx(metrics_from_rows(rows), nan_ok=True)
+
+
+def test_bundle_for_another_setting_is_refused(bundle_path, tmp_path, data_dir):
+    cfg = EvalConfig(
+        datasets=["xstest"],
+        output=tmp_path,
+        limit=2,
+        data_dir=str(data_dir),
+        bundle=str(bundle_path),
+        reasoning=True,
+        progress=False,
+    )
+    with pytest.raises(CalibrationError, match="prompt_fingerprint.*mode|mode.*prompt_fingerprint"):
+        run_evaluation(cfg)
+    raw = json.loads(bundle_path.read_text())
+    raw["adapter_hash"] = "sha256:0000"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(raw))
+    with pytest.raises(CalibrationError, match="adapter_hash 'sha256:0000' but the server runs None"):
+        run_evaluation(
+            EvalConfig(
+                datasets=["xstest"],
+                output=tmp_path,
+                limit=2,
+                data_dir=str(data_dir),
+                bundle=str(other),
+                progress=False,
+            )
+        )
