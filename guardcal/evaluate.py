@@ -105,27 +105,31 @@ def add_calibrated(rows: list[dict[str, Any]], bundle: CalibrationBundle) -> dic
     return coverage_and_error(p_cal, y, thresholds)
 
 
-def confidence_and_correct(rows: list[dict[str, Any]], calibrated: bool = False) -> tuple[Any, Any]:
-    """Top-label confidence and 0/1 correctness, raw (paper's confidence) or calibrated."""
-    y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
-    if calibrated:
-        p = np.array([r["calibrated_p_unsafe"] for r in rows], dtype=np.float64)
-        return np.maximum(p, 1 - p), ((p >= 0.5).astype(np.int64) == y).astype(np.int64)
-    pred = np.array([r["pred"] == UNSAFE for r in rows], dtype=np.int64)
-    return np.array([r["confidence"] for r in rows], dtype=np.float64), (pred == y).astype(np.int64)
+def row_arrays(rows: Iterable[dict[str, Any]], calibrated: bool = False) -> tuple[Any, Any, Any, Any]:
+    """``(y_unsafe, pred_unsafe, p_unsafe, confidence)`` arrays from prediction rows, raw or calibrated.
 
-
-def metrics_from_rows(rows: Iterable[dict[str, Any]], calibrated: bool = False) -> dict[str, float | int | None]:
-    """Recompute the metrics of one dataset from its prediction rows (raw or calibrated)."""
+    Raw: the model's prediction, P(unsafe) over the two labels and the paper's confidence.
+    Calibrated: the calibrated P(unsafe), its prediction (p ≥ 0.5) and confidence max(p, 1 − p).
+    """
     rows = list(rows)
     y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
     if calibrated:
         p = np.array([r["calibrated_p_unsafe"] for r in rows], dtype=np.float64)
-        return compute_metrics(y, (p >= 0.5).astype(np.int64), p, np.maximum(p, 1 - p))
+        return y, (p >= 0.5).astype(np.int64), p, np.maximum(p, 1 - p)
     pred = np.array([r["pred"] == UNSAFE for r in rows], dtype=np.int64)
     p = np.array([r["p_unsafe"] for r in rows], dtype=np.float64)
-    conf = np.array([r["confidence"] for r in rows], dtype=np.float64)
-    return compute_metrics(y, pred, p, conf)
+    return y, pred, p, np.array([r["confidence"] for r in rows], dtype=np.float64)
+
+
+def confidence_and_correct(rows: list[dict[str, Any]], calibrated: bool = False) -> tuple[Any, Any]:
+    """Top-label confidence and 0/1 correctness (for reliability diagrams)."""
+    y, pred, _, conf = row_arrays(rows, calibrated)
+    return conf, (pred == y).astype(np.int64)
+
+
+def metrics_from_rows(rows: Iterable[dict[str, Any]], calibrated: bool = False) -> dict[str, float | int | None]:
+    """Recompute the metrics of one dataset from its prediction rows (raw or calibrated)."""
+    return compute_metrics(*row_arrays(rows, calibrated))
 
 
 def load_bundle(name: str) -> CalibrationBundle:

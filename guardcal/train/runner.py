@@ -149,6 +149,7 @@ def run_training(cfg: TrainConfig) -> Path:
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))
+    (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing guardcal loads needs it
     summary = {
         "method": cfg.method,
         "seconds": round(time.time() - started, 1),

@@ -1,0 +1,45 @@
+"""Imports flow one way: core ← data, calibrate, backends ← train, evaluate, serve ← cli."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).parents[1] / "guardcal"
+
+# package → guardcal subpackages/modules it must not import
+FORBIDDEN = {
+    "core": {"data", "calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
+    "data": {"calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
+    "calibrate": {"data", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
+    "backends": {"train", "evaluate", "posthoc", "serve", "cli"},
+    "models": {"train", "evaluate", "posthoc", "serve", "cli", "backends"},
+    "train": {"serve", "cli", "evaluate", "posthoc"},
+    "serve": {"train", "cli"},
+}
+# third-party modules a layer must not import (calibrate stays light: no torch at all)
+FORBIDDEN_THIRD_PARTY = {"core": {"torch", "transformers"}, "calibrate": {"torch", "transformers", "fastapi"}}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("layer", sorted(k for k in FORBIDDEN if (PKG / k).is_dir()))
+def test_layer_imports_only_downward(layer):
+    folder = PKG / layer
+    bad = []
+    for path in folder.rglob("*.py"):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "guardcal" and len(parts) > 1 and parts[1] in FORBIDDEN[layer]:
+                bad.append(f"{path.relative_to(PKG)} imports {name}")
+            if parts[0] in FORBIDDEN_THIRD_PARTY.get(layer, set()):
+                bad.append(f"{path.relative_to(PKG)} imports {name}")
+    assert not bad, bad
