@@ -144,6 +144,11 @@ class CalibrateCommand(Command):
         parser.add_argument("--max-input-tokens", type=int, default=1024)
         parser.add_argument("--max-new-tokens", type=int, default=256, help="reasoning budget")
         parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset (smoke runs)")
+        parser.add_argument(
+            "--predictions",
+            type=Path,
+            help="reuse a `guardcal evaluate` output folder that scored the fit and eval sets",
+        )
         parser.add_argument("--no-progress", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -166,6 +171,7 @@ class CalibrateCommand(Command):
             max_input_tokens=args.max_input_tokens,
             max_new_tokens=args.max_new_tokens,
             limit=args.limit,
+            predictions=args.predictions,
             progress=not args.no_progress,
         )
         bundle = run_calibration(cfg)

@@ -152,14 +152,18 @@ class ScoringSession:
     def template(self) -> PromptTemplate:
         return self.scorer.template
 
+    def identity(self) -> dict[str, Any]:
+        """What a bundle records and is checked against (the keyword arguments of check_compatible)."""
+        return {
+            "model_id": self.model_id,
+            "adapter_hash": self.adapter_hash,
+            "mode": self.template.mode,
+            "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces),
+            "label_spec": self.scorer.spec.to_dict(),
+        }
+
     def check_bundle(self, bundle: CalibrationBundle) -> None:
-        bundle.check_compatible(
-            model_id=self.model_id,
-            adapter_hash=self.adapter_hash,
-            mode=self.template.mode,
-            prompt_fingerprint=self.template.fingerprint(self.scorer.spec.surfaces),
-            label_spec=self.scorer.spec,
-        )
+        bundle.check_compatible(**self.identity())
 
 
 def open_session(cfg: EvalConfig) -> ScoringSession:
@@ -183,11 +187,11 @@ def open_session(cfg: EvalConfig) -> ScoringSession:
 def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
     """Evaluate ``cfg.model`` on every dataset and write the outputs."""
     data = {key: subsample(load_dataset(key, cfg.data_dir), cfg.limit) for key in cfg.datasets}
-    session = open_session(cfg)
     bundle = load_bundle(cfg.bundle) if cfg.bundle else None
+    session = open_session(cfg)
     if bundle is not None:
         session.check_bundle(bundle)
-    scorer, template = session.scorer, session.template
+    scorer = session.scorer
     cfg.output.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, dict[str, float | int | None]] = {}
     all_rows: list[dict[str, Any]] = []
@@ -210,9 +214,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
         "guardcal_version": __version__,
         "model": cfg.model,
         "adapter": cfg.adapter,
-        "mode": template.mode,
-        "prompt_fingerprint": template.fingerprint(scorer.spec.surfaces),
-        "label_spec": scorer.spec.to_dict(),
+        **session.identity(),
         "dtype": cfg.dtype,
         "limit": cfg.limit,
         "max_input_tokens": cfg.max_input_tokens,

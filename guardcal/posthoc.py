@@ -9,6 +9,7 @@ and, with ``report``, a Markdown report with reliability diagrams before/after.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds, risk_controlled_thresholds
 from guardcal.data.datasets import load_dataset
+from guardcal.errors import ConfigError
 from guardcal.evaluate import (
     EvalConfig,
     add_calibrated,
@@ -53,6 +55,7 @@ class CalibrateConfig:
     max_input_tokens: int = 1024
     max_new_tokens: int = 256
     limit: int | None = None
+    predictions: Path | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -67,8 +70,11 @@ def choose_thresholds(cfg: CalibrateConfig, p_cal: np.ndarray, y: np.ndarray) ->
     )
 
 
-def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
-    """Fit, evaluate before/after, write the bundle (and the report)."""
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def score_rows(cfg: CalibrateConfig) -> tuple[Rows, dict[str, Any]]:
+    """Score the fit and evaluation sets; return prediction rows and the scorer's identity."""
     session = open_session(
         EvalConfig(
             datasets=[cfg.fit_dataset],
@@ -81,25 +87,44 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
             max_new_tokens=cfg.max_new_tokens,
         )
     )
-    rows: dict[str, list[dict[str, Any]]] = {}
+    rows: Rows = {}
     for key in [cfg.fit_dataset, *cfg.eval_datasets]:
         examples = subsample(load_dataset(key, cfg.data_dir), cfg.limit)
-        rows[key] = prediction_rows(
-            key, examples, session.scorer.score([e.text for e in examples], cfg.progress).scores
-        )
+        scored = session.scorer.score([e.text for e in examples], cfg.progress)
+        rows[key] = prediction_rows(key, examples, scored.scores)
+    return rows, session.identity()
+
+
+def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str, Any]]:
+    """Reuse a ``guardcal evaluate`` output folder instead of scoring again."""
+    run_file, pred_file = folder / "run.json", folder / "predictions.jsonl"
+    for f in (run_file, pred_file):
+        if not f.is_file():
+            raise ConfigError(f"{f} not found; pass a folder written by guardcal evaluate")
+    run = json.loads(run_file.read_text())
+    rows: Rows = {key: [] for key in keys}
+    for line in pred_file.read_text().splitlines():
+        row = json.loads(line)
+        if row["dataset"] in rows:
+            rows[row["dataset"]].append(row)
+    missing = [k for k, v in rows.items() if not v]
+    if missing:
+        raise ConfigError(f"{pred_file} has no predictions for {missing}; evaluate with --dataset for each of them")
+    return rows, {k: run[k] for k in ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")}
+
+
+def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
+    """Fit, evaluate before/after, write the bundle (and the report)."""
+    keys = [cfg.fit_dataset, *cfg.eval_datasets]
+    rows, identity = rows_from_predictions(cfg.predictions, keys) if cfg.predictions else score_rows(cfg)
     fit = rows[cfg.fit_dataset]
     y_fit = np.array([r["label"] == UNSAFE for r in fit], dtype=np.int64)
     calibrator = make_calibrator(cfg.method).fit(np.array([r["p_unsafe"] for r in fit]), y_fit)
     thresholds = choose_thresholds(cfg, calibrator.predict(np.array([r["p_unsafe"] for r in fit])), y_fit)
-    template = session.template
     bundle = CalibrationBundle.from_fitted(
         calibrator,
         thresholds,
-        label_spec=session.scorer.spec,
-        prompt_fingerprint=template.fingerprint(session.scorer.spec.surfaces),
-        mode=template.mode,
-        model_id=session.model_id,
-        adapter_hash=session.adapter_hash,
+        **identity,
         extra={"fit_dataset": cfg.fit_dataset, "fit_n": len(fit), "adapter": cfg.adapter},
     )
     metrics: dict[str, dict[str, Any]] = {"before": {}, "after": {}}

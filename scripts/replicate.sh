@@ -19,7 +19,7 @@ for method in ${methods[@]}; do
   if [ ! -f "$res/metrics.json" ]; then
     mode=(); [ "$method" = sft ] || mode=(--reasoning --max-new-tokens 16)
     $GC evaluate --adapter "$out" "${mode[@]}" --no-progress \
-      --dataset openai-moderation:test --dataset xstest --output "$res"
+      --dataset openai-moderation:calib --dataset openai-moderation:test --dataset xstest --output "$res"
     mkdir -p "$res/training"
     cp "$out"/{log.jsonl,train_config.json,train_summary.json,split_manifest.json} "$res/training/"
   fi

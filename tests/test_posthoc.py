@@ -110,3 +110,40 @@ def test_bundle_for_another_setting_is_refused(bundle_path, tmp_path, data_dir):
                 progress=False,
             )
         )
+
+
+def test_calibrate_from_evaluate_predictions(tmp_path, data_dir, default_model):
+    """Fitting from a `guardcal evaluate` folder gives the same identity and 'before' metrics."""
+    ev = tmp_path / "eval"
+    keys = ["openai-moderation:calib", *EVAL]
+    metrics = run_evaluation(
+        EvalConfig(datasets=keys, output=ev, limit=24, data_dir=str(data_dir), progress=False, max_input_tokens=128)
+    )
+    out = tmp_path / "b.json"
+    assert main(["calibrate", "--method", "platt", "--predictions", str(ev), "--output", str(out)]) == 0
+    bundle = CalibrationBundle.load(out)
+    run = json.loads((ev / "run.json").read_text())
+    assert (bundle.model_id, bundle.prompt_fingerprint, bundle.mode) == (
+        run["model_id"],
+        run["prompt_fingerprint"],
+        run["mode"],
+    )
+    for key in EVAL:
+        assert bundle.metrics["before"][key] == pytest.approx(metrics[key], nan_ok=True)
+    assert bundle.extra["fit_n"] == 24
+
+
+def test_predictions_folder_must_hold_the_fit_set(tmp_path, capsys):
+    (tmp_path / "run.json").write_text(
+        json.dumps(
+            {"model_id": "m", "adapter_hash": None, "mode": "direct", "prompt_fingerprint": "p", "label_spec": {}}
+        )
+    )
+    (tmp_path / "predictions.jsonl").write_text(
+        json.dumps(
+            {"dataset": "xstest", "id": "1", "label": "safe", "pred": "safe", "p_unsafe": 0.1, "confidence": 0.5}
+        )
+        + "\n"
+    )
+    assert main(["calibrate", "--predictions", str(tmp_path), "--output", str(tmp_path / "b.json")]) == 2
+    assert "no predictions for ['openai-moderation:calib'" in capsys.readouterr().err
