@@ -38,11 +38,12 @@ class ForcedDecisionRollout:
         model.eval()
         try:
             with torch.no_grad():
-                return self._rollout(prompts, model, tok)
+                return self.rollout(prompts, model, tok)
         finally:
             model.train(was_training)
 
-    def _rollout(self, prompts: list[str], model: Any, tok: Any) -> dict[str, Any]:
+    def rollout(self, prompts: list[str], model: Any, tok: Any) -> dict[str, Any]:
+        """One completion per prompt: ``prompt_ids``, ``completion_ids``, ``logprobs``, ``env_mask``."""
         prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
         reasoning = self._sample_reasoning(prompt_ids, model, tok) if self.budget > 0 else [[] for _ in prompts]
         suffix = tok.encode(self.template.decision_suffix(), add_special_tokens=False) if self.budget > 0 else []
