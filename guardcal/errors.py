@@ -5,6 +5,7 @@
      ├── DataError          missing file/column, unknown label, empty text
      ├── ModelError         a model or adapter cannot be located or loaded
      ├── LabelSpecError     labels that cannot be told apart by their first token
+     ├── BackendError       a scoring backend failed or returned unusable scores
      └── CalibrationError   metrics or calibrators given unusable inputs
           └── NotFittedError  a calibrator used before ``fit``
 
@@ -40,3 +41,7 @@ class CalibrationError(GuardcalError, ValueError):
 
 class NotFittedError(CalibrationError):
     """A calibrator was used (``predict``, ``to_dict``) before ``fit``."""
+
+
+class BackendError(GuardcalError, RuntimeError):
+    """A scoring backend raised, timed out or returned scores that cannot be used."""

@@ -1,0 +1,101 @@
+"""The application factory :func:`create_app` and :func:`serve` (uvicorn).
+
+Nothing is built at import time. The lifespan loads and validates the calibration bundle,
+starts the backend, checks the bundle against the backend's identity (refusing to start on a
+mismatch), opens the outbox, starts its delivery worker and warms the backend up. On shutdown
+(SIGTERM under uvicorn: in-flight requests finish first, up to ``drain_timeout_s``) it stops
+taking requests, lets the outbox worker finish its batch, and closes hooks and backend; pending
+escalations stay in the outbox file for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from guardcal import __version__
+from guardcal.backends.base import ClassifierBackend
+from guardcal.serve.deps import KeyRing, require_internal
+from guardcal.serve.handlers import BodyLimitMiddleware, install_error_handlers
+from guardcal.serve.hooks import EscalationHook, load_hooks
+from guardcal.serve.metrics import ServeMetrics, attach_metrics
+from guardcal.serve.routes import router
+from guardcal.serve.service import GuardService, load_bundle
+from guardcal.serve.settings import ServeSettings
+
+_log = logging.getLogger("guardcal.serve")
+#: JSON overhead allowed per input character (escapes such as \\u00e9 take 6 bytes) plus fixed slack.
+BODY_BYTES_PER_CHAR = 6
+BODY_SLACK_BYTES = 64 * 1024
+
+
+def max_body_bytes(settings: ServeSettings) -> int:
+    """The largest request body a valid request can need."""
+    return BODY_BYTES_PER_CHAR * settings.max_input_chars * settings.max_batch + BODY_SLACK_BYTES
+
+
+def create_app(
+    settings: ServeSettings,
+    backend: ClassifierBackend,
+    *,
+    hooks: Sequence[EscalationHook] | None = None,
+    metrics: ServeMetrics | None = None,
+) -> FastAPI:
+    """The guardcal HTTP app for ``backend``; ``hooks`` replaces the configured hooks (tests)."""
+    metrics = metrics if metrics is not None else ServeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        chosen = list(hooks) if hooks is not None else load_hooks(settings)
+        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics)
+        app.state.service = service
+        try:
+            await service.start()
+        except BaseException:
+            app.state.service = None
+            await service.aclose()
+            raise
+        try:
+            yield
+        finally:
+            _log.info("guardcal shutting down; pending escalations stay in %s", settings.outbox)
+            await service.aclose()
+
+    docs = settings.dev
+    app = FastAPI(
+        title="guardcal",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing(settings.key_scopes())
+    app.state.service = None
+    install_error_handlers(app, metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
+    app.include_router(router)
+    attach_metrics(app, metrics, dependencies=[Depends(require_internal)])
+    return app
+
+
+def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
+    """Run the app with uvicorn until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
+    import uvicorn
+
+    # guardcal's own INFO lines (never scores); guardcal.audit stays silent unless set to DEBUG
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, backend)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        lifespan="on",
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

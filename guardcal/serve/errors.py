@@ -1,0 +1,36 @@
+"""Exceptions of the serving layer.
+
+    GuardcalError (guardcal.errors)
+     └── ServeError
+          ├── StartupError        the server refuses to start (incompatible bundle, broken hook plugin, ...)
+          ├── NotReadyError       the backend is not (or no longer) ready: answered 503
+          ├── OverloadedError     the request queue is full: answered 429 with Retry-After
+          └── HookDeliveryError   an escalation hook could not deliver: retried by the outbox
+
+``guardcal.errors.BackendError`` (a backend failed or returned unusable scores) is answered
+fail-closed. Messages say what is wrong and how to fix it, and never carry a score.
+"""
+
+from __future__ import annotations
+
+from guardcal.errors import GuardcalError
+
+
+class ServeError(GuardcalError):
+    """Base class of the serving layer's errors."""
+
+
+class StartupError(ServeError, RuntimeError):
+    """The server cannot start with this backend, bundle or hook configuration."""
+
+
+class NotReadyError(ServeError, RuntimeError):
+    """The backend is still starting or already shutting down."""
+
+
+class OverloadedError(ServeError, RuntimeError):
+    """Every slot of the bounded request queue is taken."""
+
+
+class HookDeliveryError(ServeError, RuntimeError):
+    """An escalation hook failed to deliver a payload (the outbox retries it)."""

@@ -1,0 +1,109 @@
+"""Request and response bodies of the HTTP API (pydantic, ``extra="forbid"``).
+
+A misspelled field is a 422, never silently ignored. Responses carry a label and an action;
+only callers with the ``internal`` scope also get the calibrated confidence, rounded to two
+decimals. No response ever carries raw probabilities, logits or margins.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Label = Literal["safe", "unsafe"]
+Action = Literal["allow", "block", "escalate"]
+
+MAX_METADATA_ITEMS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class ClassifyRequest(_Strict):
+    """``input`` (one text) or ``inputs`` (a batch), never both."""
+
+    input: str | None = Field(None, description="one text to classify")
+    inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_batch)")
+    request_id: str | None = Field(
+        None, max_length=128, pattern=REQUEST_ID_PATTERN, description="caller's id, echoed back and sent to hooks"
+    )
+    metadata: dict[str, str] | None = Field(None, description="small string map passed to escalation hooks")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.input is None) == (self.inputs is None):
+            raise ValueError("give exactly one of 'input' (a string) or 'inputs' (a list of strings)")
+        return self
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_METADATA_ITEMS:
+            raise ValueError(f"metadata holds at most {MAX_METADATA_ITEMS} entries")
+        for key, item in value.items():
+            if not 1 <= len(key) <= MAX_METADATA_KEY or len(item) > MAX_METADATA_VALUE:
+                raise ValueError(
+                    f"metadata keys are 1..{MAX_METADATA_KEY} characters, values at most {MAX_METADATA_VALUE}"
+                )
+        return value
+
+    @property
+    def batched(self) -> bool:
+        return self.inputs is not None
+
+    def texts(self) -> list[str]:
+        return list(self.inputs) if self.inputs is not None else [self.input or ""]
+
+
+class Verdict(_Strict):
+    """The decision on one input."""
+
+    id: str = Field(description="verdict id; escalation hooks receive the same id")
+    label: Label = Field(description="predicted label (provisional when escalated)")
+    action: Action = Field(description="what the caller should do")
+    confidence: float | None = Field(
+        None, ge=0.5, le=1.0, description="calibrated confidence, 2 decimals; internal scope only"
+    )
+
+
+class _Versions(_Strict):
+    request_id: str | None = None
+    model_version: str = Field(description="opaque id of the model, adapter, prompt and label tokens")
+    policy_version: str = Field(description="opaque id of the calibration, thresholds, mode and fail action")
+
+
+class ClassifyResponse(_Versions, Verdict):
+    """Answer to a single ``input``."""
+
+
+class BatchClassifyResponse(_Versions):
+    """Answer to ``inputs``: one verdict per input, in order."""
+
+    results: list[Verdict]
+
+
+class ErrorInfo(_Strict):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorResponse(_Strict):
+    """The one error shape of every endpoint: ``{"error": {"message", "type", "code"}}``."""
+
+    error: ErrorInfo
+
+    @classmethod
+    def of(cls, code: int, type_: str, message: str) -> ErrorResponse:
+        return cls(error=ErrorInfo(message=message, type=type_, code=code))
+
+
+class Status(_Strict):
+    status: str

@@ -1,0 +1,87 @@
+"""HTTP endpoints: ``POST /classify``, ``GET /healthz``, ``GET /readyz`` (``/metrics``: metrics.py).
+
+Routes only translate HTTP into :meth:`GuardService.classify` and back; limits that name a
+setting (413 input length, 422 batch size) are checked here. Status codes of ``/classify``:
+
+- 200: a verdict per input. Backend errors, a missing decision token and the request timeout
+  are answered 200 *fail-closed* (label ``unsafe``, action ``fail_action``), never 5xx;
+- 401 missing/unknown key (when keys are configured), 403 non-local caller without keys;
+- 413 an input over ``max_input_chars`` (or a body over the size any valid request needs);
+- 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``;
+- 429 (``Retry-After: 1``) the bounded queue is full; 503 (``Retry-After: 5``) not ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from guardcal.serve.deps import CallerDep, ServiceDep, SettingsDep
+from guardcal.serve.handlers import RETRY_AFTER_NOT_READY_S, ApiError
+from guardcal.serve.protocol import (
+    BatchClassifyResponse,
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    Status,
+)
+from guardcal.serve.settings import ServeSettings
+
+router = APIRouter()
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 413, 422, 429, 503)}
+
+
+def check_limits(texts: list[str], settings: ServeSettings) -> None:
+    """422 for a batch over ``max_batch``, 413 for an input over ``max_input_chars``."""
+    if len(texts) > settings.max_batch:
+        raise ApiError(
+            422,
+            f"'inputs' holds {len(texts)} texts; the limit is {settings.max_batch} per request "
+            "(GUARDCAL_MAX_BATCH); split the batch",
+        )
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_input_chars:
+            raise ApiError(
+                413,
+                f"input {i} is {len(text)} characters long; the limit is {settings.max_input_chars} "
+                "(GUARDCAL_MAX_INPUT_CHARS); shorten it",
+            )
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse | BatchClassifyResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+)
+async def classify(
+    body: ClassifyRequest, caller: CallerDep, service: ServiceDep, settings: SettingsDep, response: Response
+) -> ClassifyResponse | BatchClassifyResponse:
+    """Label and action for ``input`` (one text) or ``inputs`` (a batch)."""
+    texts = body.texts()
+    check_limits(texts, settings)
+    verdicts = await service.classify(texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope)
+    response.headers["Cache-Control"] = "no-store"
+    versions = {
+        "request_id": body.request_id,
+        "model_version": service.model_version,
+        "policy_version": service.policy_version,
+    }
+    if body.batched:
+        return BatchClassifyResponse(results=verdicts, **versions)
+    return ClassifyResponse(**verdicts[0].model_dump(), **versions)
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """The process is alive (says nothing about the model)."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": ErrorResponse}})
+async def readyz(service: ServiceDep) -> Status:
+    """200 once the backend is started and warmed up; 503 before and while shutting down."""
+    if not service.ready:
+        raise ApiError(503, "the classifier is not ready", {"Retry-After": str(RETRY_AFTER_NOT_READY_S)})
+    return Status(status="ready")

@@ -1,0 +1,318 @@
+"""The classifier service: backend → calibrator → policy → escalation outbox → metrics.
+
+No FastAPI here: routes only translate HTTP to :meth:`GuardService.classify` and back.
+
+Where numbers go: the response gets a label and an action (plus the calibrated confidence
+rounded to 2 decimals for the ``internal`` scope); raw and calibrated probabilities go only to
+escalation hooks (through the outbox) and to the ``guardcal.audit`` logger at DEBUG. INFO and
+WARNING lines carry ids, labels, actions, counts and exception types, never a score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from guardcal.backends.base import ClassifierBackend, check_identity
+from guardcal.calibrate.bundle import CalibrationBundle
+from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
+from guardcal.core.confidence import Scores
+from guardcal.errors import BackendError, CalibrationError
+from guardcal.serve.errors import NotReadyError, OverloadedError, StartupError
+from guardcal.serve.hooks import EscalationHook, escalation_payload
+from guardcal.serve.metrics import ServeMetrics
+from guardcal.serve.outbox import DeliveryWorker, Outbox
+from guardcal.serve.policy import Decision, decide_batch, fail_closed
+from guardcal.serve.protocol import Verdict
+from guardcal.serve.settings import Scope, ServeSettings
+from guardcal.types import LABELS
+
+#: Threshold used when there is neither a bundle nor ``escalate_below`` (raw confidences are overconfident).
+DEFAULT_UNCALIBRATED_THRESHOLD = 0.9
+WARM_UP_TEXT = "Hello, how are you today?"
+
+_log = logging.getLogger("guardcal.serve")
+_audit = logging.getLogger("guardcal.audit")
+
+
+def load_bundle(settings: ServeSettings) -> CalibrationBundle | None:
+    """The configured calibration bundle, or None; a bad file is a StartupError."""
+    path = settings.bundle_path()
+    if path is None:
+        return None
+    try:
+        return CalibrationBundle.load(path)
+    except CalibrationError as exc:
+        raise StartupError(f"cannot use calibration bundle: {exc}") from None
+
+
+def resolve_thresholds(settings: ServeSettings, bundle: CalibrationBundle | None) -> Thresholds:
+    """``escalate_below`` (1.0: escalate everything) > the bundle's thresholds > a fixed default."""
+    if settings.escalate_below is not None:
+        if settings.escalate_below >= 1.0:
+            return Thresholds(1.0, 1.0, "fixed", {"escalate_below": 1.0}, LABELS)
+        return fixed_thresholds(settings.escalate_below)
+    if bundle is not None:
+        return bundle.get_thresholds()
+    _log.warning("no calibration bundle and no GUARDCAL_ESCALATE_BELOW: escalating on the fixed default threshold")
+    return fixed_thresholds(DEFAULT_UNCALIBRATED_THRESHOLD)
+
+
+def _digest(prefix: str, value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, default=str).encode()
+    return prefix + hashlib.sha256(blob).hexdigest()[:12]
+
+
+class Admission:
+    """A bounded queue: at most ``queue_size`` requests admitted, ``concurrency`` of them scoring."""
+
+    def __init__(self, queue_size: int, concurrency: int, metrics: ServeMetrics) -> None:
+        self.queue_size = queue_size
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._admitted = 0
+        self._metrics = metrics
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a queue place; OverloadedError at once when none is free."""
+        if self._admitted >= self.queue_size:
+            raise OverloadedError(f"all {self.queue_size} request slots are taken; retry shortly")
+        self._admitted += 1
+        self._metrics.queue_depth.set(self._admitted)
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            self._metrics.queue_depth.set(self._admitted)
+
+    @contextlib.asynccontextmanager
+    async def scoring(self) -> AsyncIterator[None]:
+        async with self._semaphore:
+            yield
+
+
+class GuardService:
+    """Classifies texts with a backend, a calibration bundle (optional) and the serve settings."""
+
+    def __init__(
+        self,
+        backend: ClassifierBackend,
+        bundle: CalibrationBundle | None,
+        settings: ServeSettings,
+        hooks: Sequence[EscalationHook],
+        metrics: ServeMetrics,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.backend, self.bundle, self.settings, self.metrics = backend, bundle, settings, metrics
+        self.hooks = list(hooks)
+        self.thresholds = resolve_thresholds(settings, bundle)
+        self.calibrator = bundle.calibrator() if bundle is not None else None
+        self.outbox = outbox if outbox is not None else Outbox(settings.outbox)
+        self.worker = DeliveryWorker(
+            self.outbox,
+            self.hooks,
+            metrics,
+            base_delay_s=settings.hook_retry_base_s,
+            max_delay_s=settings.hook_retry_max_s,
+            lease_s=settings.webhook_timeout_s * (settings.webhook_retries + 1) * 2 + 30.0,
+        )
+        self.admission = Admission(settings.queue_size, settings.max_concurrency, metrics)
+        self.identity: dict[str, Any] = {}
+        self.model_version = self.policy_version = "unknown"
+        self._started = self._draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._draining and bool(self.backend.ready)
+
+    async def start(self) -> None:
+        """Start the backend, check the bundle against it, open the outbox, start delivering, warm up."""
+        await self.backend.start()
+        try:
+            self.identity = check_identity(self.backend.identity())
+            if self.bundle is not None:
+                self.bundle.check_compatible(**self.identity)
+        except (CalibrationError, BackendError) as exc:
+            await self.backend.aclose()
+            raise StartupError(f"refusing to start: the calibration bundle does not fit the backend: {exc}") from None
+        self.model_version = _digest("m-", self.identity)
+        calibration = None if self.bundle is None else {"method": self.bundle.method, "params": self.bundle.params}
+        policy = {"calibration": calibration, "thresholds": self.thresholds.to_dict()}
+        self.policy_version = _digest("p-", {**policy, "mode": self.settings.mode, "fail": self.settings.fail_action})
+        self.outbox.open()
+        self.worker.start()
+        await self._warm_up()
+        self._started = True
+        _log.info(
+            "guardcal serving backend=%s model=%s model_version=%s policy_version=%s mode=%s hooks=%s",
+            self.backend.name,
+            self.identity["model_id"],
+            self.model_version,
+            self.policy_version,
+            self.settings.mode,
+            ",".join(h.name for h in self.hooks) or "none",
+        )
+        _audit.debug("thresholds %s", json.dumps(self.thresholds.to_dict(), default=str))
+
+    async def _warm_up(self) -> None:
+        try:
+            await asyncio.wait_for(self.backend.score([WARM_UP_TEXT]), self.settings.request_timeout_s)
+        except Exception as exc:  # serving still fails closed; make the problem visible
+            self.metrics.backend_errors.labels(kind="warmup").inc()
+            _log.error(
+                "backend warm-up request failed (%s); requests will fail closed until it recovers", type(exc).__name__
+            )
+
+    async def aclose(self) -> None:
+        """Stop taking requests, stop the outbox worker (pending rows stay), close hooks and backend."""
+        self._draining = True
+        await self.worker.stop()
+        for hook in self.hooks:
+            closer = getattr(hook, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        await self.backend.aclose()
+        self.outbox.close()
+        self._started = False
+
+    async def classify(
+        self,
+        texts: list[str],
+        *,
+        request_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        scope: Scope = "classify",
+    ) -> list[Verdict]:
+        """One verdict per text; raises NotReadyError (not ready) or OverloadedError (queue full)."""
+        if not self.ready:
+            raise NotReadyError("the classifier is starting or shutting down; retry shortly")
+        started = time.perf_counter()
+        async with self.admission.admit():
+            decisions, raw = await self._decide(texts)
+        ids = [uuid.uuid4().hex for _ in texts]
+        await self._escalate(ids, decisions, raw, texts, request_id, metadata)
+        self._record(ids, decisions, raw, request_id, time.perf_counter() - started)
+        internal = scope == "internal"
+        return [
+            Verdict(
+                id=vid,
+                label=d.label,
+                action=d.action,
+                confidence=round(d.confidence, 2) if internal and d.confidence is not None else None,
+            )
+            for vid, d in zip(ids, decisions, strict=True)
+        ]
+
+    async def _scored(self, texts: list[str]) -> Scores:
+        async with self.admission.scoring():
+            return await self.backend.score(texts)
+
+    async def _decide(self, texts: list[str]) -> tuple[list[Decision], list[float | None]]:
+        """Decisions and the raw (uncalibrated) P(unsafe) of each text; failures fail closed."""
+        mode, fail = self.settings.mode, self.settings.fail_action
+        n = len(texts)
+        try:
+            scores = await asyncio.wait_for(self._scored(texts), self.settings.request_timeout_s)
+            p_raw, decided = _readings(scores, n)
+            p_cal = self.calibrator.predict(p_raw) if self.calibrator is not None else p_raw
+        except TimeoutError:
+            self.metrics.backend_errors.labels(kind="timeout").inc()
+            _log.warning("backend did not answer within %d s; answering fail-closed", self.settings.request_timeout_s)
+            return [fail_closed("timeout", mode=mode, fail_action=fail)] * n, [None] * n
+        except Exception as exc:  # any backend/calibration failure fails closed, never 5xx, never allow
+            self.metrics.backend_errors.labels(kind="error").inc()
+            _log.warning("backend failed (%s); answering fail-closed", type(exc).__name__)
+            _audit.debug("backend failure detail", exc_info=True)
+            return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n
+        decisions = decide_batch(p_cal, decided, self.thresholds, mode=mode, fail_action=fail)
+        raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(p_raw, decisions, strict=True)]
+        return decisions, raw
+
+    async def _escalate(
+        self,
+        ids: list[str],
+        decisions: list[Decision],
+        raw: list[float | None],
+        texts: list[str],
+        request_id: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> None:
+        """Write every escalation to the outbox before the request is answered."""
+        picked = [i for i, d in enumerate(decisions) if d.escalated]
+        if not picked or not self.hooks:
+            return
+        context = {
+            "request_id": request_id,
+            "metadata": dict(metadata or {}),
+            "mode": self.settings.mode,
+            "thresholds": {k: v for k, v in self.thresholds.to_dict().items() if k != "details"},
+            "model": self.identity,
+            "model_version": self.model_version,
+            "policy_version": self.policy_version,
+        }
+        redact = self.settings.redact_input
+        items = [
+            (
+                ids[i],
+                escalation_payload(
+                    ids[i], decisions[i], text=texts[i], p_unsafe_raw=raw[i], context=context, redact=redact
+                ),
+            )
+            for i in picked
+        ]
+        try:
+            await self.outbox.enqueue(items, [h.name for h in self.hooks])
+        except Exception as exc:  # the decision stands; the loss is counted and logged loudly
+            for hook in self.hooks:
+                self.metrics.hook_deliveries.labels(hook=hook.name, outcome="enqueue_failed").inc(len(items))
+            _log.error("could not write %d escalation(s) to the outbox (%s)", len(items), type(exc).__name__)
+            return
+        self.worker.wake()
+
+    def _record(
+        self, ids: list[str], decisions: list[Decision], raw: list[float | None], request_id: str | None, took: float
+    ) -> None:
+        m = self.metrics
+        m.latency.observe(took)
+        m.batch_size.observe(len(decisions))
+        for vid, d, p_raw in zip(ids, decisions, raw, strict=True):
+            m.requests.labels(action=d.policy_action, label=d.label).inc()
+            if d.confidence is not None:
+                m.confidence.observe(d.confidence)
+            if d.escalated:
+                m.escalations.labels(reason=d.reason).inc()
+            _audit.debug(
+                "verdict id=%s request_id=%s label=%s action=%s policy=%s reason=%s p_unsafe_raw=%s p_unsafe=%s",
+                vid, request_id, d.label, d.action, d.policy_action, d.reason, p_raw, d.p_unsafe,
+            )  # fmt: skip
+        counts = Counter(d.policy_action for d in decisions)
+        _log.info(
+            "classified request_id=%s n=%d allow=%d block=%d escalate=%d ms=%d",
+            request_id, len(decisions), counts["allow"], counts["block"], counts["escalate"], int(took * 1000),
+        )  # fmt: skip
+
+
+def _readings(scores: Scores, n: int) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Raw P(unsafe) over the labels and the decided mask; BackendError for unusable scores."""
+    if not isinstance(scores, Scores) or len(scores) != n:
+        raise BackendError(f"backend returned {type(scores).__name__} for {n} input(s); expected Scores of length {n}")
+    for arr in (scores.p_safe, scores.p_unsafe):
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0.0):
+            raise BackendError("backend returned non-finite or negative probabilities")
+    return np.asarray(scores.p_unsafe_norm, dtype=np.float64), np.asarray(scores.decided, dtype=bool)

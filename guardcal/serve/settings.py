@@ -1,0 +1,244 @@
+"""Server settings: ``GUARDCAL_*`` environment variables, a YAML file, or keyword arguments.
+
+Precedence, highest first: keyword arguments (CLI flags), environment, the YAML file given to
+:meth:`ServeSettings.load`, defaults. Validators refuse unsafe set-ups (a non-loopback server
+without API keys, a ``fail_action`` of ``allow``) with messages that say what is wrong, why it
+matters and how to fix it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from guardcal.assets import DEFAULT, DEFAULT_BUNDLE
+from guardcal.errors import ConfigError
+from guardcal.models.default import guardcal_home
+
+Scope = Literal["classify", "internal"]
+SCOPES: tuple[Scope, ...] = ("classify", "internal")
+MIN_KEY_CHARS = 16
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("guardcal_serve_config", default=None)
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_api_keys(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, Scope]:
+    """Parse ``"key1:classify,key2:internal"`` (commas or new lines; ``#`` starts a comment).
+
+    Messages name the entry by position only: a key is never echoed.
+    """
+    keys: dict[str, Scope] = {}
+    entries = [e.strip() for line in text.splitlines() for e in line.split("#", 1)[0].split(",")]
+    for n, entry in enumerate((e for e in entries if e), start=1):
+        key, sep, scope = entry.rpartition(":")
+        key, scope = key.strip(), scope.strip()
+        if not sep or not key:
+            raise ConfigError(f"{source} entry {n} is not 'KEY:SCOPE'; write e.g. 'k1...:classify,k2...:internal'")
+        if scope not in SCOPES:
+            raise ConfigError(
+                f"{source} entry {n} has scope {scope!r}; only 'classify' (label and action) and 'internal' "
+                "(adds the calibrated confidence) exist; fix the scope"
+            )
+        if len(key) < MIN_KEY_CHARS:
+            raise ConfigError(
+                f"{source} entry {n} has a key shorter than {MIN_KEY_CHARS} characters, which can be guessed; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if key in keys:
+            raise ConfigError(f"{source} entry {n} repeats an earlier key; give each key one scope")
+        keys[key] = scope  # type: ignore[assignment]
+    return keys
+
+
+def _default_bundle() -> str | None:
+    return DEFAULT if DEFAULT_BUNDLE.is_file() else None
+
+
+def _default_outbox() -> Path:
+    return guardcal_home() / "serve" / "outbox.sqlite3"
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``guardcal serve`` can be told; see each field's description."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDCAL_", env_ignore_empty=True, extra="forbid", hide_input_in_errors=True
+    )
+
+    host: str = Field("127.0.0.1", description="interface to bind; non-loopback needs API keys or insecure")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    model: str = Field("default", description="base model: 'default', a folder or a Hugging Face id")
+    adapter: str | None = Field(None, description="PEFT adapter folder (or 'default')")
+    reasoning: bool = Field(False, description="prompt mode the backend runs: reasoning instead of direct")
+    bundle: str | None = Field(
+        default_factory=_default_bundle,
+        description="calibration bundle: 'default' (shipped), a path, or 'none' (no calibration)",
+    )
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="model backend")
+    escalate_below: float | None = Field(
+        None, description="fixed confidence threshold in [0.5, 1] overriding the bundle's; 1.0 escalates everything"
+    )
+    hooks: str | None = Field(
+        None, description="comma list of escalation hooks to enable (default: log, webhook if set, all plugins)"
+    )
+    webhook_url: str | None = Field(None, description="POST escalations here (http/https)")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for X-Guardcal-Signature")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="timeout of one webhook POST")
+    webhook_retries: int = Field(2, ge=0, le=10, description="in-call retries of a failed webhook POST")
+    hook_retry_base_s: float = Field(1.0, gt=0, description="outbox back-off after the first failed delivery")
+    hook_retry_max_s: float = Field(300.0, gt=0, description="longest outbox back-off between deliveries")
+    outbox: Path = Field(default_factory=_default_outbox, description="SQLite outbox file for escalations")
+    api_keys: SecretStr | None = Field(None, description="'key:classify,key:internal' bearer keys and scopes")
+    api_keys_file: Path | None = Field(None, description="file of 'key:scope' entries (one a line or commas)")
+    insecure: bool = Field(False, description="allow a non-loopback host without API keys (trusted networks only)")
+    mode: Literal["enforce", "shadow"] = Field("enforce", description="shadow: always answer allow, still escalate")
+    fail_action: Literal["escalate", "block"] = Field(
+        "escalate", description="action when the model gives no decision, fails or times out (never allow)"
+    )
+    max_input_chars: int = Field(20_000, ge=1, description="longer inputs are refused with 413")
+    max_batch: int = Field(32, ge=1, le=1024, description="most inputs in one request (more: 422)")
+    request_timeout_s: float = Field(30.0, gt=0, description="queue wait + scoring; past it the request fails closed")
+    queue_size: int = Field(64, ge=1, description="requests admitted at once (queued + scoring); more: 429")
+    max_concurrency: int = Field(4, ge=1, description="requests scored by the backend at once")
+    redact_input: bool = Field(False, description="hooks get a sha256 of the input instead of its text")
+    dev: bool = Field(False, description="development: serve /docs and /openapi.json")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=_CONFIG_FILE.get())
+        return (init_settings, env_settings, yaml_source)
+
+    @classmethod
+    def load(cls, config: str | os.PathLike[str] | None = None, **overrides: Any) -> ServeSettings:
+        """Settings from ``overrides`` > environment > the YAML file ``config`` > defaults.
+
+        Raises ConfigError (one line per problem, without input values) instead of ValidationError.
+        """
+        path = Path(config) if config is not None else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass --config PATH to a YAML file")
+        token = _CONFIG_FILE.set(path)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc)) from None
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    @field_validator("fail_action", mode="before")
+    @classmethod
+    def _never_allow(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "allow":
+            raise ValueError(
+                "fail_action 'allow' is refused: when the model gives no decision, errors or times out, allowing "
+                "would let unchecked content through (fail open); use 'escalate' (default) or 'block'"
+            )
+        return value
+
+    @field_validator("escalate_below")
+    @classmethod
+    def _threshold_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0.5 <= value <= 1.0:
+            raise ValueError(
+                f"escalate_below={value} is outside [0.5, 1]: it is compared with the calibrated confidence "
+                "max(p, 1 - p), which is never below 0.5; use e.g. 0.9, or 1.0 to escalate every request"
+            )
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must start with http:// or https://; fix the URL")
+        return value
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_exists(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "none":
+            return None
+        if value == DEFAULT:
+            if not DEFAULT_BUNDLE.is_file():
+                raise ValueError(
+                    "bundle 'default' was asked for but this build ships no default calibration bundle; "
+                    "pass a bundle from guardcal calibrate, or 'none' to serve uncalibrated"
+                )
+            return value
+        if not Path(value).is_file():
+            raise ValueError(f"calibration bundle {value} does not exist; pass a file written by guardcal calibrate")
+        return value
+
+    @model_validator(mode="after")
+    def _secure_binding(self) -> ServeSettings:
+        keys = self.key_scopes()
+        if not keys and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines but no API keys are set, so anyone could "
+                "call the classifier; set GUARDCAL_API_KEYS or GUARDCAL_API_KEYS_FILE, bind 127.0.0.1, or set "
+                "GUARDCAL_INSECURE=1 on a trusted network"
+            )
+        if self.hook_retry_max_s < self.hook_retry_base_s:
+            raise ValueError("hook_retry_max_s is below hook_retry_base_s; raise hook_retry_max_s")
+        return self
+
+    def key_scopes(self) -> dict[str, Scope]:
+        """All configured API keys and their scopes (from ``api_keys`` and ``api_keys_file``)."""
+        keys: dict[str, Scope] = {}
+        if self.api_keys is not None:
+            keys.update(parse_api_keys(self.api_keys.get_secret_value()))
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read api_keys_file {self.api_keys_file}: {exc.strerror}") from None
+            for key, scope in parse_api_keys(text, source=str(self.api_keys_file)).items():
+                if key in keys:
+                    raise ConfigError(f"{self.api_keys_file} repeats a key from GUARDCAL_API_KEYS; keep one")
+                keys[key] = scope
+        return keys
+
+    def bundle_path(self) -> Path | None:
+        """The calibration bundle file, or None to serve without calibration."""
+        if self.bundle is None:
+            return None
+        return DEFAULT_BUNDLE if self.bundle == DEFAULT else Path(self.bundle)
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per validation error, without the offending values (they may be secrets)."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "invalid serve settings: " + "; ".join(lines)
