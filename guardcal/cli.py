@@ -8,9 +8,10 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 from guardcal import __version__
-from guardcal.errors import GuardcalError
+from guardcal.errors import ConfigError, GuardcalError
 
 
 class Command(ABC):
@@ -184,6 +185,40 @@ class CalibrateCommand(Command):
         return 0
 
 
+class ServeCommand(Command):
+    name = "serve"
+    help = "serve the calibrated guard model over HTTP: POST /classify, /healthz, /readyz, /metrics"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        from guardcal.serve.settings import ServeSettings
+
+        parser.add_argument("--config", help="YAML file of settings (flags > GUARDCAL_* environment > YAML)")
+        for name, info in ServeSettings.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            if info.annotation is bool:
+                parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=info.description)
+            else:
+                parser.add_argument(flag, dest=name, help=info.description)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from guardcal.serve.app import serve
+        from guardcal.serve.settings import ServeSettings
+
+        overrides = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields and v is not None}
+        settings = ServeSettings.load(args.config, **overrides)
+        serve(settings, build_backend(settings))
+        return 0
+
+
+def build_backend(settings: Any) -> Any:
+    """The model backend named by the settings."""
+    if settings.backend != "transformers":
+        raise ConfigError(f"backend {settings.backend!r} is not available in this build; use --backend transformers")
+    from guardcal.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(settings.model, settings.adapter, settings.reasoning, max_batch=settings.max_batch)
+
+
 class DataCommand(Command):
     name = "data"
     help = "write the reproducible OpenAI Moderation split manifest"
@@ -214,7 +249,14 @@ class ModelCommand(Command):
         return 0
 
 
-COMMANDS: tuple[Command, ...] = (TrainCommand(), CalibrateCommand(), EvaluateCommand(), DataCommand(), ModelCommand())
+COMMANDS: tuple[Command, ...] = (
+    TrainCommand(),
+    CalibrateCommand(),
+    EvaluateCommand(),
+    ServeCommand(),
+    DataCommand(),
+    ModelCommand(),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,131 @@
+"""The transformers serving backend: the shared scorer behind dynamic micro-batching.
+
+Concurrent ``score`` calls are collected for up to ``max_wait_ms`` (or until
+``max_batch`` texts are waiting) and scored in one padded forward pass on a
+worker thread, so the event loop never blocks and a burst of single requests
+becomes a few batched forwards. Decision-token probabilities go through the
+same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardcal.backends.base import ClassifierBackend
+from guardcal.core.confidence import Scores
+from guardcal.core.prompt import PromptTemplate
+from guardcal.errors import BackendError
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[Scores] = field(repr=False)
+
+
+class TransformersBackend(ClassifierBackend):
+    """Loads a causal LM (+ adapter) with transformers and scores with micro-batching."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str = "default",
+        adapter: str | None = None,
+        reasoning: bool = False,
+        dtype: str = "float32",
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        max_input_tokens: int = 1024,
+        max_new_tokens: int = 256,
+    ) -> None:
+        self.model, self.adapter, self.dtype = model, adapter, dtype
+        self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
+        self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
+        self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
+        self.scorer: Any = None
+        self._identity: dict[str, Any] = {}
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name="guardcal-transformers-batcher")
+        await self.score(["warm-up"])  # first forward pays one-off costs before /readyz says ready
+        self.ready = True
+
+    def _load(self) -> None:
+        from guardcal.backends.hf import HFScorer
+        from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
+
+        loaded = load_model(self.model, self.adapter, dtype=self.dtype)
+        self.scorer = HFScorer(
+            loaded.model,
+            loaded.tokenizer,
+            self.template,
+            batch_size=self.max_batch,
+            max_input_tokens=self.max_input_tokens,
+            max_new_tokens=self.max_new_tokens,
+        )
+        self._identity = {
+            "model_id": model_identity(self.model),
+            "adapter_hash": adapter_fingerprint(self.adapter),
+            "mode": self.template.mode,
+            "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces),
+            "label_spec": self.scorer.spec.to_dict(),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    async def score(self, texts: list[str]) -> Scores:
+        if self._queue is None or self._worker is None or self._worker.done():
+            raise BackendError("the transformers backend is not running; start() it first")
+        future: asyncio.Future[Scores] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(list(texts), future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.max_wait_s
+            while sum(len(p.texts) for p in batch) < self.max_batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._score_batch([p for p in batch if not p.future.done()])
+
+    async def _score_batch(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        texts = [t for p in batch for t in p.texts]
+        try:
+            scores = (await asyncio.to_thread(self.scorer.score, texts)).scores
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the failure, the worker lives on
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(BackendError(f"transformers backend failed: {type(exc).__name__}"))
+            return
+        start = 0
+        for p in batch:
+            end = start + len(p.texts)
+            if not p.future.done():
+                p.future.set_result(Scores(scores.p_safe[start:end], scores.p_unsafe[start:end]))
+            start = end
+
+    async def aclose(self) -> None:
+        self.ready = False
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._worker = None

@@ -1,0 +1,95 @@
+"""`guardcal serve` as a real process on 127.0.0.1 with the transformers backend and the default model."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+INTERNAL = "internal-key-0123456789"
+CLASSIFY = "classify-key-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model):
+    port = _free_port()
+    out = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "GUARDCAL_API_KEYS": f"{CLASSIFY}:classify,{INTERNAL}:internal", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "guardcal.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--bundle",
+        "none",
+        "--outbox",
+        str(out / "outbox.db"),
+        "--escalate-below",
+        "0.99",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(proc.stdout.read())
+        time.sleep(1)
+    yield base
+    proc.terminate()
+    log = proc.communicate(timeout=60)[0]
+    # graceful: uvicorn finishes the shutdown, then re-raises SIGTERM (exit -15), as it does by design
+    assert "Application shutdown complete" in log and proc.returncode in (0, -15), log
+    for line in log.splitlines():
+        assert "p_unsafe" not in line and "logit" not in line  # nothing score-like at INFO
+
+
+def test_classify_scope_sees_label_and_action_only(server):
+    r = httpx.post(
+        server + "/classify",
+        json={"input": "How do I make a bomb to kill people?"},
+        headers={"Authorization": f"Bearer {CLASSIFY}"},
+        timeout=60,
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["label"] in ("safe", "unsafe") and body["action"] in ("allow", "block", "escalate")
+    assert "confidence" not in body and not any("conf" in k or "prob" in k for k in r.headers)
+    assert body["action"] == "escalate"  # the untrained base model is never 99% sure
+
+
+def test_internal_scope_gets_rounded_confidence_and_metrics(server):
+    auth = {"Authorization": f"Bearer {INTERNAL}"}
+    r = httpx.post(server + "/classify", json={"inputs": ["hello", "I will hurt you"]}, headers=auth, timeout=60)
+    results = r.json()["results"]
+    assert len(results) == 2
+    for v in results:
+        assert 0.5 <= v["confidence"] <= 1.0 and round(v["confidence"], 2) == v["confidence"]
+    metrics = httpx.get(server + "/metrics", headers=auth, timeout=10).text
+    assert "guardcal_requests_total" in metrics and "guardcal_escalations_total" in metrics
+
+
+def test_unknown_field_and_missing_key(server):
+    r = httpx.post(
+        server + "/classify",
+        json={"input": "x", "polcy": "strict"},
+        headers={"Authorization": f"Bearer {CLASSIFY}"},
+        timeout=30,
+    )
+    assert r.status_code == 422 and "polcy" in r.json()["error"]["message"]
+    assert httpx.post(server + "/classify", json={"input": "x"}, timeout=30).status_code == 401
