@@ -56,7 +56,9 @@ def test_bundle_has_the_promised_shape(bundle_path):
     for stage in ("before", "after"):
         assert list(raw["metrics"][stage]) == EVAL
         assert {"accuracy", "ece", "brier", "auroc"} <= set(raw["metrics"][stage]["xstest"])
-    assert raw["thresholds"]["method"] in ("risk_controlled", "ltt", "fixed") or raw["thresholds"]["method"]
+    assert raw["thresholds"]["method"] == "risk_controlled"
+    details = raw["thresholds"]["details"]
+    assert details["target_error"] == {"safe": 0.05, "unsafe": 0.05} and details["delta"] == 0.1
     report = bundle_path.parent / "report"
     assert (report / "report.md").read_text().count("| before |") == 2
     assert (report / "reliability_xstest_after.png").read_bytes()[:4] == b"\x89PNG"
