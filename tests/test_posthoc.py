@@ -149,3 +149,14 @@ def test_predictions_folder_must_hold_the_fit_set(tmp_path, capsys):
     )
     assert main(["calibrate", "--predictions", str(tmp_path), "--output", str(tmp_path / "b.json")]) == 2
     assert "no predictions for ['openai-moderation:calib'" in capsys.readouterr().err
+
+
+def test_shipped_default_bundle_matches_the_default_model(data_dir, default_model, tmp_path):
+    """If the prompt, label tokens or default model change, the shipped bundle must be refitted."""
+    from guardcal.evaluate import load_bundle, open_session
+
+    session = open_session(EvalConfig(datasets=["xstest"], output=tmp_path))
+    bundle = load_bundle("default")
+    session.check_bundle(bundle)  # raises naming the differing field
+    assert bundle.adapter_hash is None and bundle.mode == "direct"
+    assert set(bundle.metrics["after"]) == set(EVAL)
