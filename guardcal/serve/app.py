@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -35,6 +36,17 @@ BODY_SLACK_BYTES = 64 * 1024
 def max_body_bytes(settings: ServeSettings) -> int:
     """The largest request body a valid request can need."""
     return BODY_BYTES_PER_CHAR * settings.max_input_chars * settings.max_batch + BODY_SLACK_BYTES
+
+
+def document_limits(schema: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
+    """Write this server's input limits into its OpenAPI schema, so clients (and fuzzers) see them."""
+    fields = schema.get("components", {}).get("schemas", {}).get("ClassifyRequest", {}).get("properties", {})
+    if "input" in fields:
+        fields["input"]["maxLength"] = settings.max_input_chars
+    if "inputs" in fields:
+        fields["inputs"]["maxItems"] = settings.max_batch
+        fields["inputs"]["items"] = {"type": "string", "maxLength": settings.max_input_chars}
+    return schema
 
 
 def create_app(
@@ -74,6 +86,13 @@ def create_app(
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_limits(FastAPI.openapi(app), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.keyring = KeyRing(settings.key_scopes())
     app.state.service = None
     install_error_handlers(app, metrics)

@@ -57,10 +57,34 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
     return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers or {}))
 
 
+_EXAMPLE = 'send a JSON object such as {"input": "text"} with Content-Type: application/json'
+
+
+def _unreadable_body(cause: BaseException | None) -> str:
+    """Why the request body could not be read as JSON at all (FastAPI answers these 400)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (bad byte at offset {cause.start}); encode it as UTF-8 and {_EXAMPLE}"
+    if isinstance(cause, RecursionError):
+        return f"request body nests JSON arrays or objects too deeply to parse; {_EXAMPLE}"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return f"request body holds a number with too many digits to parse; {_EXAMPLE}"
+    name = type(cause).__name__ if cause is not None else "unknown error"
+    return f"request body could not be parsed as JSON ({name}); {_EXAMPLE}"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
+        kind = err.get("type")
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if kind == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "syntax error")
+            where = f" at character {loc[0]}" if loc else ""
+            return f"request body is not valid JSON ({detail}{where}); {_EXAMPLE}"
+        if not loc and kind == "missing":
+            return f"request body is empty; {_EXAMPLE}"
+        if not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
+            return f"request body is not a JSON object; {_EXAMPLE}"
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "invalid request: " + "; ".join(parts[:10])
@@ -80,6 +104,8 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's wording
+            message = _unreadable_body(exc.__cause__)
         return answer(exc.status_code, message, exc.headers)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -94,7 +120,8 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         _log.error("unhandled %s while serving %s", type(exc).__name__, request.url.path)
-        _audit.debug("unhandled error detail", exc_info=exc)
+        redact = getattr(getattr(request.app.state, "settings", None), "redact_input", True)
+        _audit.debug("unhandled %s", type(exc).__name__, exc_info=None if redact else exc)
         return answer(500, "internal error; the server log has the details")
 
     handlers: dict[Any, Any] = {

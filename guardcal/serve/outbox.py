@@ -8,10 +8,14 @@ bumps ``attempts`` and schedules ``next_attempt_at`` with exponential back-off (
 give-up: rows stay pending until delivered or removed by an operator).
 
 A claim is a lease: ``next_attempt_at`` moves ``lease_s`` into the future, so a second worker on
-the same file (or the next process after a crash) does not take the row while a delivery is in
-flight, and takes it again once the lease ran out. Hence exactly-once from guardcal's side,
+the same file does not take the row while a delivery is in flight, and takes it again once the
+lease ran out. Every process holds a shared ``flock`` on ``<outbox>.lock`` while the file is open;
+one that finds no other holder when it opens (the previous process exited or was killed) knows
+every lease is stale and makes all pending rows due at once, so a restart after a crash resumes
+delivery immediately instead of after the lease. Hence exactly-once from guardcal's side,
 at-least-once across a crash between the receiver's 2xx and the commit (receivers dedupe on
-``id``). On a clean stop the worker finishes its current batch and releases unfinished claims.
+``id``). On a clean stop the worker finishes its current batch, tries once more what is due,
+and releases unfinished claims.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from guardcal.serve.hooks import EscalationHook
 from guardcal.serve.metrics import ServeMetrics
@@ -69,23 +73,54 @@ class Outbox:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._owner: IO[bytes] | None = None
+        self.released_on_open = 0
 
     def open(self) -> None:
-        """Create the file (and folders) if needed, enable WAL and the schema."""
+        """Create the file (and folders) if needed, enable WAL and the schema; if no other
+        process has the outbox open, release the stale leases of the one before."""
         if self._conn is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        alone = self._take_ownership()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
+        if alone:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?", (now, now)
+            )
+            self.released_on_open = max(cur.rowcount, 0)
+            if self.released_on_open:
+                _log.info("outbox %s: %d pending deliveries are due again now", self.path, self.released_on_open)
         self._conn = conn
+
+    def _take_ownership(self) -> bool:
+        """Hold a shared flock on ``<outbox>.lock``; True if nobody else held it (we are alone)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: leases simply run out
+            return False
+        owner = open(self.path.with_name(self.path.name + ".lock"), "ab")  # held while the outbox is open
+        try:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError:
+            alone = False
+        fcntl.flock(owner.fileno(), fcntl.LOCK_SH)  # blocks only while another process is just opening
+        self._owner = owner
+        return alone
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._owner is not None:
+                self._owner.close()  # releases the flock
+                self._owner = None
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -267,6 +302,10 @@ class DeliveryWorker:
             timeout = self.poll_s if wait is None else min(wait, self.poll_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+        # stopping: one last pass over what is due (within stop()'s timeout), so a clean shutdown
+        # flushes what it can; anything else stays pending for the next start
+        with contextlib.suppress(Exception):
+            await self.run_once()
 
     async def _deliver(self, row: OutboxRow) -> None:
         try:

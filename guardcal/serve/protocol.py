@@ -24,21 +24,65 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
+def _check_unicode(text: str, what: str) -> None:
+    """Refuse lone UTF-16 surrogates (JSON allows ``"\\ud800"``; UTF-8, hooks and tokenizers do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} has a lone UTF-16 surrogate (\\u{ord(text[exc.start]):04x} at character {exc.start}), "
+            "which is not valid Unicode; send well-formed text (pair surrogates or drop them)"
+        ) from None
+
+
+#: the JSON-schema form of "exactly one of input / inputs" (what ``_one_of`` enforces)
+ONE_OF_INPUT = {
+    "oneOf": [
+        {"required": ["input"], "properties": {"input": {"type": "string"}}},
+        {"required": ["inputs"], "properties": {"inputs": {"type": "array"}}},
+    ]
+}
+
+
 class ClassifyRequest(_Strict):
     """``input`` (one text) or ``inputs`` (a batch), never both."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_OF_INPUT)
 
     input: str | None = Field(None, description="one text to classify")
     inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_batch)")
     request_id: str | None = Field(
         None, max_length=128, pattern=REQUEST_ID_PATTERN, description="caller's id, echoed back and sent to hooks"
     )
-    metadata: dict[str, str] | None = Field(None, description="small string map passed to escalation hooks")
+    metadata: dict[str, str] | None = Field(
+        None,
+        description="small string map passed to escalation hooks",
+        json_schema_extra={
+            "maxProperties": MAX_METADATA_ITEMS,
+            "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY},
+            "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+        },
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
         if (self.input is None) == (self.inputs is None):
             raise ValueError("give exactly one of 'input' (a string) or 'inputs' (a list of strings)")
         return self
+
+    @field_validator("input")
+    @classmethod
+    def _input_unicode(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_unicode(value, "the text")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_unicode(cls, value: list[str] | None) -> list[str] | None:
+        for i, text in enumerate(value or ()):
+            _check_unicode(text, f"text {i}")
+        return value
 
     @field_validator("metadata")
     @classmethod
@@ -52,6 +96,8 @@ class ClassifyRequest(_Strict):
                 raise ValueError(
                     f"metadata keys are 1..{MAX_METADATA_KEY} characters, values at most {MAX_METADATA_VALUE}"
                 )
+            _check_unicode(key, "a key")
+            _check_unicode(item, "a value")
         return value
 
     @property

@@ -5,6 +5,7 @@ setting (413 input length, 422 batch size) are checked here. Status codes of ``/
 
 - 200: a verdict per input. Backend errors, a missing decision token and the request timeout
   are answered 200 *fail-closed* (label ``unsafe``, action ``fail_action``), never 5xx;
+- 400 a body that is not JSON at all (invalid UTF-8, nesting too deep to parse);
 - 401 missing/unknown key (when keys are configured), 403 non-local caller without keys;
 - 413 an input over ``max_input_chars`` (or a body over the size any valid request needs);
 - 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``;
@@ -29,7 +30,9 @@ from guardcal.serve.protocol import (
 from guardcal.serve.settings import ServeSettings
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 413, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 422, 429, 503)
+}
 
 
 def check_limits(texts: list[str], settings: ServeSettings) -> None:

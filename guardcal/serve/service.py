@@ -238,7 +238,8 @@ class GuardService:
         except Exception as exc:  # any backend/calibration failure fails closed, never 5xx, never allow
             self.metrics.backend_errors.labels(kind="error").inc()
             _log.warning("backend failed (%s); answering fail-closed", type(exc).__name__)
-            _audit.debug("backend failure detail", exc_info=True)
+            # exception text can quote the input: with redact_input only its type is logged
+            _audit.debug("backend failure %s", type(exc).__name__, exc_info=not self.settings.redact_input)
             return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n
         decisions = decide_batch(p_cal, decided, self.thresholds, mode=mode, fail_action=fail)
         raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(p_raw, decisions, strict=True)]

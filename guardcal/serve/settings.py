@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from guardcal.assets import DEFAULT, DEFAULT_BUNDLE
-from guardcal.errors import ConfigError
+from guardcal.errors import ConfigError, ModelError
 from guardcal.models.default import guardcal_home
 
 Scope = Literal["classify", "internal"]
@@ -122,7 +122,9 @@ class ServeSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="queue wait + scoring; past it the request fails closed")
     queue_size: int = Field(64, ge=1, description="requests admitted at once (queued + scoring); more: 429")
     max_concurrency: int = Field(4, ge=1, description="requests scored by the backend at once")
-    redact_input: bool = Field(False, description="hooks get a sha256 of the input instead of its text")
+    redact_input: bool = Field(
+        False, description="hooks get a sha256 of the input instead of its text; no exception text in logs"
+    )
     dev: bool = Field(False, description="development: serve /docs and /openapi.json")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
 
@@ -180,6 +182,19 @@ class ServeSettings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("webhook_url must start with http:// or https://; fix the URL")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_is_safetensors(cls, value: str | None) -> str | None:
+        """Checked before any model loads: a PEFT folder with safetensors weights (pickle is refused)."""
+        if value is not None:
+            from guardcal.models.loading import check_adapter_dir
+
+            try:
+                check_adapter_dir(value)
+            except ModelError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("bundle")

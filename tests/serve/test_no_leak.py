@@ -145,3 +145,45 @@ def assert_logs_clean(caplog: pytest.LogCaptureFixture, kit) -> None:
         if record.name.startswith("guardcal"):
             assert not FLOAT.search(message), message
             assert not any(w in message.lower() for w in ("p_unsafe", "prob", "logit", "margin")), message
+
+
+async def test_every_route_scope_and_refusal_is_free_of_scores(kit, make_settings, backend_for, caplog):
+    """Every route the app has (enumerated, so a new endpoint is covered), under every caller
+    scope, plus the body-level refusals (400/413/422): no score in a body, header or INFO line."""
+    caplog.set_level(logging.INFO)
+    app = create_app(make_settings(api_keys=kit.KEYS, max_input_chars=50, max_batch=2), backend_for())
+    routes = sorted((r.path, m) for r in app.routes for m in (getattr(r, "methods", None) or ()) if m != "HEAD")
+    assert {("/classify", "POST"), ("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET")} <= set(routes)
+    scopes = {
+        "none": {},
+        "wrong": kit.bearer("wrong-key-0123456789abcdef"),
+        "classify": kit.bearer(kit.CLASSIFY_KEY),
+        "internal": kit.bearer(kit.INTERNAL_KEY),
+    }
+    raw = [
+        b'{"input": "caf\xe9"}',  # 400 not UTF-8
+        b'{"input": "x", "metadata": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",  # 400 too deep (or 413)
+        b'{"input": 1' + b"0" * 5000 + b"}",  # 400 too many digits
+        b'{"input": "\\ud800"}',  # 422 lone surrogate
+        b"",  # 422 empty
+        b"[0.93, 0.07]",  # 422 not an object (floats in, none echoed)
+        b'{"input": "borderline joke", "threshold": 0.62}',  # 422 unknown field (named, value not echoed)
+    ]
+    seen = set()
+    async with kit.running(app) as client:
+        for scope, headers in scopes.items():
+            for path, method in routes:
+                body = {"json": {"inputs": ["borderline joke", "I will hurt you"]}} if method == "POST" else {}
+                r = await client.request(method, path, headers=headers, **body)
+                seen.add(r.status_code)
+                metrics_text = path == "/metrics" and r.status_code == 200
+                allowed = scope == "internal" and path == "/classify" and r.status_code == 200
+                assert_clean(r, confidence_allowed=allowed, body=not metrics_text)
+            for content in raw:
+                r = await client.post(
+                    "/classify", content=content, headers={**headers, "content-type": "application/json"}
+                )
+                seen.add(r.status_code)
+                assert_clean(r)
+    assert {200, 400, 401, 403, 422} <= seen
+    assert_logs_clean(caplog, kit)

@@ -121,3 +121,41 @@ async def test_a_second_process_resumes_pending_rows(tmp_path, kit):
     await worker.stop()
     second.close()
     assert sorted(p["id"] for p in hook.payloads) == ["e1", "e2"]
+
+
+async def test_a_restart_after_a_crash_releases_stale_leases_at_once(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    crashed = Outbox(path)
+    crashed.open()
+    await crashed.enqueue([("e1", {"id": "e1"}), ("e2", {"id": "e2"})], ["h"])
+    assert len(await crashed.claim_due(10, lease_s=300.0)) == 2  # in flight when the process died
+    crashed.close()  # the kernel drops a killed process's flock the same way
+    restarted = Outbox(path)
+    restarted.open()
+    assert restarted.released_on_open == 2
+    assert sorted(r.escalation_id for r in await restarted.claim_due(10, lease_s=300.0)) == ["e1", "e2"]
+    restarted.close()
+
+
+async def test_a_second_live_process_leaves_the_first_ones_leases_alone(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    first = Outbox(path)
+    first.open()
+    await first.enqueue([("e1", {"id": "e1"})], ["h"])
+    assert len(await first.claim_due(10, lease_s=300.0)) == 1
+    second = Outbox(path)
+    second.open()  # the first still has the file open: its lease stands
+    assert second.released_on_open == 0 and await second.claim_due(10, lease_s=300.0) == []
+    second.close()
+    first.close()
+
+
+async def test_a_clean_stop_delivers_what_is_due_before_returning(outbox, kit):
+    hook = kit.RecordingHook("h")
+    worker = worker_for(outbox, [hook], poll_s=30.0)  # would not look again for 30 s
+    worker.start()
+    await asyncio.sleep(0.05)
+    await outbox.enqueue([("e1", {"id": "e1"})], ["h"])  # written, worker not woken
+    await worker.stop()
+    assert [p["id"] for p in hook.payloads] == ["e1"]
+    assert {r["state"] for r in await outbox.rows()} == {"delivered"}
