@@ -732,7 +732,13 @@ def sigterm_scenario(
                 asyncio.create_task(client.post("/classify", json={"input": f"escalate in flight {i}"}, headers=auth))
                 for i in range(in_flight)
             ]
-            await asyncio.sleep(min(0.5, delay_ms / 3000))  # the requests are being scored now
+            internal = {"Authorization": f"Bearer {INTERNAL_KEY}"}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # all admitted: being scored or waiting for a slot
+                text = (await client.get("/metrics", headers=internal)).text
+                if f"guardcal_queue_depth {float(in_flight)}" in text:
+                    break
+                await asyncio.sleep(0.02)
             server.signal(signal.SIGTERM)
             t_term = time.perf_counter()
             await asyncio.sleep(0.3)
@@ -768,9 +774,7 @@ def sigterm_scenario(
         "backend": kind,
         "in_flight": in_flight,
         "in_flight_ok": len(ok),
-        "in_flight_other": [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers][len(ok) :]
-        if len(ok) < len(answers)
-        else [],
+        "in_flight_other": [getattr(a, "status_code", repr(a)) for a in answers if a not in ok],
         "new_request_after_sigterm": new_request,
         "drain_s": round(drain_s, 2),
         "exit_code": rc,
