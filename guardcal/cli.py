@@ -216,7 +216,9 @@ def build_backend(settings: Any) -> Any:
         raise ConfigError(f"backend {settings.backend!r} is not available in this build; use --backend transformers")
     from guardcal.backends.transformers_backend import TransformersBackend
 
-    return TransformersBackend(settings.model, settings.adapter, settings.reasoning, max_batch=settings.max_batch)
+    return TransformersBackend(
+        settings.model, settings.adapter, settings.reasoning, dtype=settings.dtype, max_batch=settings.max_batch
+    )
 
 
 class DataCommand(Command):

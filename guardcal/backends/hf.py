@@ -5,19 +5,50 @@ position. Reasoning mode: generate up to ``max_new_tokens`` tokens, cut at
 ``</think>`` (appending it when the model never closed the block), append
 ``Classification:`` and read the next position. Either way the logits at
 the decision position go through ``core.confidence``.
+
+With ``prefix_cache=True`` (the serving backend) the instruction prefix that every prompt
+shares is run once and its KV cache reused, so each forward computes only the per-request
+tokens (see ``backends.prefix_cache``); results equal the full forward within float noise.
+It is off by default: evaluation and training evaluation run the full prompt (training
+changes the weights between calls, which would make a cached prefix stale).
+
+Batches are cut by length as well as by ``batch_size``: inputs are sorted longest first and a
+new forward starts when left-padding would waste more than a quarter of the batch's tokens
+(plus a small allowance), so one long input does not pad a batch of short ones.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from guardcal.backends.prefix_cache import (
+    PrefixKV,
+    build_prefix_kv,
+    forward_with_prefix,
+    prefix_token_ids,
+    template_prefix,
+)
 from guardcal.core.confidence import Scores, from_label_logprobs
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
+
+_log = logging.getLogger("guardcal.backends.hf")
+
+#: a forward is split when padding would exceed this share of its real characters ...
+PAD_SLACK = 0.25
+#: ... plus this many characters (about 64 tokens): tiny batches are not worth splitting
+PAD_ALLOWANCE_CHARS = 256
+#: the cached path must agree with the full forward this closely (max |delta p| on the label
+#: tokens) on a probe input, or the cache is switched off; by the model's dtype
+SELF_CHECK_TOL = {"float32": 1e-3, "float64": 1e-6}
+SELF_CHECK_TOL_HALF = 5e-2  # bf16 noise alone: 1.5e-2 measured on SmolLM2
+PROBE_TEXTS = ("hello", 'He said "I will hurt you" and left.')
 
 
 @dataclass(frozen=True)
@@ -40,6 +71,7 @@ class HFScorer:
         batch_size: int = 8,
         max_input_tokens: int = 1024,
         max_new_tokens: int = 256,
+        prefix_cache: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -48,6 +80,16 @@ class HFScorer:
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
         self.max_new_tokens = max_new_tokens
+        self.prefix_cache = prefix_cache
+        #: why the prefix cache is on or off ("on: 72 tokens", "off: ...")
+        self.prefix_status = "off: not asked for" if not prefix_cache else "not built yet"
+        #: decision reads that used the cached prefix / the full prompt
+        self.rows_cached = 0
+        self.rows_full = 0
+        self._prefix: PrefixKV | None = None
+        self._prefix_built = False
+        self._prefix_lock = threading.Lock()
+        self._prefix_chars = len(template_prefix(self.template)) if prefix_cache else 0
 
     def truncate(self, text: str) -> str:
         """Keep the first ``max_input_tokens`` tokens of the input text."""
@@ -65,8 +107,9 @@ class HFScorer:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         parts: list[Scores] = []
         reasoning: list[str] = []
-        for start in _progress(range(0, len(order), self.batch_size), progress):
-            batch = [prompts[i] for i in order[start : start + self.batch_size]]
+        lengths = [max(len(p) - self._prefix_chars, 1) for p in prompts]
+        for chunk in _progress(self._chunks(order, lengths), progress):
+            batch = [prompts[i] for i in chunk]
             if self.template.reasoning:
                 thoughts = self._generate_reasoning(batch)
                 reasoning.extend(thoughts)
@@ -91,14 +134,89 @@ class HFScorer:
         out = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": positions}
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
+    def _chunks(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Cut ``order`` (longest first) into forwards of at most ``batch_size`` with little padding."""
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        real = 0
+        for i in order:
+            if current:
+                padded = lengths[current[0]] * (len(current) + 1)
+                limit = (1 + PAD_SLACK) * (real + lengths[i]) + PAD_ALLOWANCE_CHARS
+                if len(current) >= self.batch_size or padded > limit:
+                    chunks.append(current)
+                    current, real = [], 0
+            current.append(i)
+            real += lengths[i]
+        if current:
+            chunks.append(current)
+        return chunks
+
     def _read_decision(self, batch: list[str]) -> Scores:
+        prefix = self.prefix()
+        if prefix is None:
+            self.rows_full += len(batch)
+            return from_label_logprobs(self._full_label_logprobs(batch), self.spec)
+        rows = self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+        hit = [i for i, row in enumerate(rows) if prefix.covers(row)]
+        miss = sorted(set(range(len(batch))) - set(hit))
+        label_lp = np.empty((len(batch), len(self.spec.all_ids)), dtype=np.float64)
+        if hit:
+            logits = forward_with_prefix(self.model, prefix, [rows[i] for i in hit], self._pad_id())
+            label_lp[hit] = self._label_logprobs(logits)
+        if miss:  # the tokenizer merged across the split point: run these prompts whole
+            label_lp[miss] = self._full_label_logprobs([batch[i] for i in miss])
+        self.rows_cached += len(hit)
+        self.rows_full += len(miss)
+        return from_label_logprobs(label_lp, self.spec)
+
+    def _full_label_logprobs(self, batch: list[str]) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             out = self.model(**self._encode(batch), logits_to_keep=1, use_cache=False)
-            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-            label_lp = logprobs[:, list(self.spec.all_ids)].cpu().double().numpy()
-        return from_label_logprobs(label_lp, self.spec)
+            return self._label_logprobs(out.logits[:, -1, :])
+
+    def _label_logprobs(self, logits: Any) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            return np.asarray(logprobs[:, list(self.spec.all_ids)].cpu().double().numpy())
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    def prefix(self) -> PrefixKV | None:
+        """The cached instruction prefix (built on first use), or None when caching is off or unusable."""
+        if not self.prefix_cache:
+            return None
+        with self._prefix_lock:
+            if not self._prefix_built:
+                self._prefix, self.prefix_status = self._build_prefix()
+                self._prefix_built = True
+                _log.info("instruction-prefix KV cache %s", self.prefix_status)
+        return self._prefix
+
+    def _build_prefix(self) -> tuple[PrefixKV | None, str]:
+        """Build the prefix cache and check it against the full forward on probe inputs."""
+        try:
+            prefix = build_prefix_kv(self.model, prefix_token_ids(self.tokenizer, self.template))
+            probes = [self.template.render(t) for t in PROBE_TEXTS]
+            rows = self.tokenizer(probes, add_special_tokens=False)["input_ids"]
+            if not all(prefix.covers(r) for r in rows):
+                return None, "off: the tokenizer merges the prefix with the input, so no prompt could use it"
+            cached = np.exp(self._label_logprobs(forward_with_prefix(self.model, prefix, rows, self._pad_id())))
+            full = np.exp(self._full_label_logprobs(probes))
+        except Exception as exc:  # noqa: BLE001 - an architecture without a reusable cache runs uncached
+            return None, f"off: {type(exc).__name__}: {exc}"
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        tol = SELF_CHECK_TOL.get(dtype, SELF_CHECK_TOL_HALF)
+        gap = float(np.abs(cached - full).max())
+        if not gap <= tol:
+            return None, f"off: cached and full forwards differ by {gap:.2e} > {tol:.0e} on probe inputs"
+        return prefix, f"on: {len(prefix)} tokens, self-check gap {gap:.1e}"
 
     def _generate_reasoning(self, batch: list[str]) -> list[str]:
         import torch
@@ -119,7 +237,7 @@ class HFScorer:
         return [t.split(THINK_CLOSE, 1)[0].rstrip() for t in texts]
 
 
-def _progress(items: range, enabled: bool) -> Any:
+def _progress(items: Sequence[Any], enabled: bool) -> Any:
     if not enabled:
         return items
     from tqdm.auto import tqdm

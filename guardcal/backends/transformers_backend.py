@@ -4,13 +4,17 @@ Concurrent ``score`` calls are collected for up to ``max_wait_ms`` (or until
 ``max_batch`` texts are waiting) and scored in one padded forward pass on a
 worker thread, so the event loop never blocks and a burst of single requests
 becomes a few batched forwards. Decision-token probabilities go through the
-same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``.
+same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with two serving-only
+speed-ups: the instruction prefix's KV cache is computed once and reused, so each forward runs
+only the per-request tokens, and ``dtype="auto"`` runs the model in bfloat16 on CPUs with native
+bf16 instructions (``backends.precision``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,8 @@ from guardcal.backends.base import ClassifierBackend
 from guardcal.core.confidence import Scores
 from guardcal.core.prompt import PromptTemplate
 from guardcal.errors import BackendError
+
+_log = logging.getLogger("guardcal.backends.transformers")
 
 
 @dataclass
@@ -36,13 +42,17 @@ class TransformersBackend(ClassifierBackend):
         model: str = "default",
         adapter: str | None = None,
         reasoning: bool = False,
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_batch: int = 16,
         max_wait_ms: float = 5.0,
         max_input_tokens: int = 1024,
         max_new_tokens: int = 256,
+        prefix_cache: bool = True,
     ) -> None:
-        self.model, self.adapter, self.dtype = model, adapter, dtype
+        from guardcal.backends.precision import resolve_dtype
+
+        self.model, self.adapter, self.dtype = model, adapter, resolve_dtype(dtype)
+        self.prefix_cache = prefix_cache
         self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
@@ -70,7 +80,10 @@ class TransformersBackend(ClassifierBackend):
             batch_size=self.max_batch,
             max_input_tokens=self.max_input_tokens,
             max_new_tokens=self.max_new_tokens,
+            prefix_cache=self.prefix_cache,
         )
+        self.scorer.prefix()  # build (and self-check) the prefix cache before the first request
+        _log.info("transformers backend: dtype=%s, prefix cache %s", self.dtype, self.scorer.prefix_status)
         self._identity = {
             "model_id": model_identity(self.model),
             "adapter_hash": adapter_fingerprint(self.adapter),

@@ -97,6 +97,9 @@ class ServeSettings(BaseSettings):
         description="calibration bundle: 'default' (shipped), a path, or 'none' (no calibration)",
     )
     backend: Literal["transformers", "vllm"] = Field("transformers", description="model backend")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="model dtype; auto: bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else float32"
+    )
     escalate_below: float | None = Field(
         None, description="fixed confidence threshold in [0.5, 1] overriding the bundle's; 1.0 escalates everything"
     )
