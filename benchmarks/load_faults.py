@@ -537,6 +537,46 @@ def load_scenario(
     }
 
 
+def varied_texts(n: int = 48) -> list[str]:
+    """Texts of many lengths (so batches take many shapes), a third of them escalating."""
+    kinds = ("safe", "unsafe", "escalate")
+    return [f"{kinds[i % 3]} " + " ".join(f"word{j}" for j in range(1 + (i * 7) % 60)) for i in range(n)]
+
+
+def memory_soak_scenario(
+    kind: str,
+    workdir: Path,
+    *,
+    rounds: int = 4,
+    per_round: int = 100,
+    concurrency: int = 8,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Rounds of requests that all get scored (concurrency below the queue size), the server's
+    RSS after each: memory that keeps growing round after round would be a leak."""
+    settings = {"outbox": workdir / f"{kind}-soak-outbox.sqlite3", "api_keys": KEYS}
+    texts = varied_texts()
+    with running_server(kind, workdir, settings, env=env, name=f"{kind}-soak") as server:
+        rss = [server.rss()]
+        phases = []
+        for _ in range(rounds):
+            phases.append(_phase(server.base_url, texts, per_round, concurrency).summary())
+            rss.append(server.rss())
+        log = server.log()
+    return {
+        "backend": kind,
+        "rounds": rounds,
+        "requests_per_round": per_round,
+        "concurrency": concurrency,
+        "status": dict(sum((Counter(p["status"]) for p in phases), Counter())),
+        "throughput_rps_by_round": [p["throughput_rps"] for p in phases],
+        "latency_p50_ms_by_round": [p["latency_ok_ms"]["p50"] for p in phases],
+        "rss_mib_before_and_after_each_round": [round(r / MIB, 1) for r in rss],
+        "rss_growth_mib_after_first_round": round((rss[-1] - rss[1]) / MIB, 1),
+        "api_key_in_server_log": CLASSIFY_KEY in log or INTERNAL_KEY in log,
+    }
+
+
 # --- webhook faults ------------------------------------------------------------------------
 
 
@@ -879,6 +919,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("backend_faults_fake", lambda: backend_fault_scenario("fake", work)),
     ]
     if not args.skip_transformers:
+        steps.append(
+            (
+                "memory_soak_transformers",
+                lambda: memory_soak_scenario("transformers", work, rounds=4, per_round=25 if q else 100),
+            )
+        )
         steps.append(
             (
                 "load_kill_restart_transformers",

@@ -114,6 +114,9 @@ def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        # a client that reuses a connection the server is closing gets a transport error, not an
+        # answer; idle clients (httpx: 5 s) and load balancers (often 60 s) must close first
+        timeout_keep_alive=settings.keep_alive_s,
         lifespan="on",
         server_header=False,
     )

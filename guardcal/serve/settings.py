@@ -125,11 +125,17 @@ class ServeSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="queue wait + scoring; past it the request fails closed")
     queue_size: int = Field(64, ge=1, description="requests admitted at once (queued + scoring); more: 429")
     max_concurrency: int = Field(4, ge=1, description="requests scored by the backend at once")
+    vllm_kv_cache_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="vllm backend: KV cache size in bytes (bounded; default 1 GiB)"
+    )
     redact_input: bool = Field(
         False, description="hooks get a sha256 of the input instead of its text; no exception text in logs"
     )
     dev: bool = Field(False, description="development: serve /docs and /openapi.json")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    keep_alive_s: int = Field(
+        75, ge=1, description="idle keep-alive timeout; keep it above clients' and load balancers' so they close first"
+    )
 
     @classmethod
     def settings_customise_sources(
