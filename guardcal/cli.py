@@ -84,7 +84,7 @@ class EvaluateCommand(Command):
 
 class TrainCommand(Command):
     name = "train"
-    help = "train a LoRA guard adapter: sft, grpo or cal-grpo (calibration-aware GRPO)"
+    help = "train a LoRA guard adapter: sft, grpo, cal-grpo (calibration-aware GRPO), rlcr or capo"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
         from dataclasses import fields

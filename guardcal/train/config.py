@@ -8,9 +8,25 @@ from typing import Any
 
 from guardcal.errors import ConfigError
 
-METHODS = ("sft", "grpo", "cal-grpo")
-ADVANTAGES = ("beta", "group")
+METHODS = ("sft", "grpo", "cal-grpo", "rlcr", "capo")
+ADVANTAGES = ("auto", "beta", "group", "pairwise")
 CE_VARIANTS = ("full", "renorm")
+CALIBRATION_LOSSES = ("ce", "brier")
+CAPO_SCORES = ("logit", "logprob")
+# "auto" resolves per method: BNPO for grpo/cal-grpo (and sft, where it is unused), the group-standardised
+# advantage for rlcr (its rewards are not 0/1), CAPO's pairwise advantage for capo.
+AUTO_ADVANTAGE = {"sft": "beta", "grpo": "beta", "cal-grpo": "beta", "rlcr": "group", "capo": "pairwise"}
+# options that only one method reads: giving them to another method is an error, not a silent no-op
+METHOD_ONLY = {
+    "calibration_loss": "cal-grpo",
+    "capo_tau": "capo",
+    "capo_score": "capo",
+    "capo_noise_mask": "capo",
+    "capo_mask_low_quantile": "capo",
+    "capo_mask_high_quantile": "capo",
+    "capo_ppl_low": "capo",
+    "capo_ppl_high": "capo",
+}
 PROFILES = ("cpu-small", "paper")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -55,9 +71,30 @@ class TrainConfig:
     num_generations: int = _f(4, "completions sampled per prompt")
     reasoning_budget: int = _f(16, "max reasoning tokens before '</think>' is forced (0 = direct, no reasoning)")
     temperature: float = _f(1.0, "sampling temperature for rollouts")
-    advantage: str = _f("beta", f"advantage normalisation: {ADVANTAGES} (beta = BNPO, arXiv 2506.02864)")
-    lambda_ce: float = _f(0.001, "cal-grpo: weight λ of the decision-token cross-entropy")
-    ce_variant: str = _f("full", f"cal-grpo: CE over {CE_VARIANTS} (full = vocabulary log-probs, as in the paper)")
+    advantage: str = _f(
+        "auto",
+        f"advantage: {ADVANTAGES} (beta = BNPO, arXiv 2506.02864; group = TRL's; pairwise = CAPO's); auto = beta "
+        "for grpo/cal-grpo, group for rlcr, pairwise for capo",
+    )
+    lambda_ce: float = _f(0.001, "cal-grpo: weight λ of the decision-token loss (CE or Brier)")
+    ce_variant: str = _f(
+        "full", f"cal-grpo: decision-token loss over {CE_VARIANTS} (full = vocabulary log-probs, as in the paper)"
+    )
+    calibration_loss: str = _f(
+        "ce", f"cal-grpo: loss at the decision token, {CALIBRATION_LOSSES} (brier = bounded proper scoring rule)"
+    )
+    # CAPO (arXiv 2604.12632)
+    capo_tau: float = _f(0.5, "capo: temperature τ of the logistic pairwise surrogate (paper: 0.5-0.6)")
+    capo_score: str = _f(
+        "logit",
+        f"capo: rollout confidence score, {CAPO_SCORES} (logit = decision token log p - log(1-p); logprob = mean "
+        "token log-prob of the response, the paper's)",
+    )
+    capo_noise_mask: bool = _f(True, "capo: drop lucky-guess correct / near-correct wrong rollouts (reference PPL)")
+    capo_mask_low_quantile: float = _f(0.25, "capo: wrong rollouts below this quantile of reference PPL are dropped")
+    capo_mask_high_quantile: float = _f(0.75, "capo: right rollouts above this quantile of reference PPL are dropped")
+    capo_ppl_low: float = _f(0.0, "capo: fixed low PPL threshold instead of the quantile (0 = measured; paper 1.05)")
+    capo_ppl_high: float = _f(0.0, "capo: fixed high PPL threshold instead of the quantile (0 = measured; paper 2.5)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,7 +104,13 @@ class TrainConfig:
         _choice("method", self.method, METHODS)
         _choice("profile", self.profile, PROFILES)
         _choice("advantage", self.advantage, ADVANTAGES)
+        if self.advantage == "auto":
+            self.advantage = AUTO_ADVANTAGE[self.method]
         _choice("ce_variant", self.ce_variant, CE_VARIANTS)
+        _choice("calibration_loss", self.calibration_loss, CALIBRATION_LOSSES)
+        _choice("capo_score", self.capo_score, CAPO_SCORES)
+        self._check_advantage()
+        self._check_capo()
         if self.lambda_ce < 0:
             raise ConfigError(f"lambda_ce must be >= 0 (it weighs a loss), got {self.lambda_ce}")
         for name in ("per_device_batch", "grad_accum", "num_generations", "lora_r", "max_input_tokens"):
@@ -87,6 +130,35 @@ class TrainConfig:
                     f"num_generations ({self.num_generations}): every prompt needs all its completions in one "
                     "batch; change per_device_batch or num_generations"
                 )
+
+    def _check_advantage(self) -> None:
+        if self.method == "capo" and self.advantage != "pairwise":
+            raise ConfigError(
+                f"capo replaces the advantage with its pairwise one; drop --advantage {self.advantage} "
+                "(or pass --advantage pairwise)"
+            )
+        if self.advantage == "pairwise" and self.method != "capo":
+            raise ConfigError(f"--advantage pairwise is CAPO's; use --method capo, or beta/group for {self.method}")
+        if self.method == "rlcr" and self.advantage == "beta":
+            raise ConfigError(
+                "BNPO's Beta-normalised advantage assumes 0/1 rewards, but RLCR's reward is continuous in "
+                "[-1, 1]; use --advantage group"
+            )
+
+    def _check_capo(self) -> None:
+        if self.capo_tau <= 0:
+            raise ConfigError(f"capo_tau must be > 0 (it divides the score gap), got {self.capo_tau}")
+        lo, hi = self.capo_mask_low_quantile, self.capo_mask_high_quantile
+        if not 0 <= lo <= 1 or not 0 <= hi <= 1:
+            raise ConfigError(f"capo mask quantiles must lie in [0, 1], got low {lo} and high {hi}")
+        for name in ("capo_ppl_low", "capo_ppl_high"):
+            value = getattr(self, name)
+            if value != 0 and value < 1:
+                raise ConfigError(f"{name} must be 0 (measured) or >= 1 (a perplexity is never below 1), got {value}")
+        if self.capo_ppl_low and self.capo_ppl_high and self.capo_ppl_low > self.capo_ppl_high:
+            raise ConfigError(
+                f"capo_ppl_low ({self.capo_ppl_low}) is above capo_ppl_high ({self.capo_ppl_high}); swap them"
+            )
 
     @property
     def reasoning(self) -> bool:
@@ -146,6 +218,12 @@ def build_config(overrides: dict[str, Any], yaml_file: str | Path | None = None)
     profile = given.get("profile", "cpu-small")
     _choice("method", method, METHODS)
     _choice("profile", profile, PROFILES)
+    misplaced = sorted(k for k, owner in METHOD_ONLY.items() if k in given and owner != method)
+    if misplaced:
+        raise ConfigError(
+            f"{', '.join(misplaced)} only apply to method {METHOD_ONLY[misplaced[0]]!r}, but the method is "
+            f"{method!r}; remove them or change --method"
+        )
     base = PROFILE_VALUES[profile]["sft" if method == "sft" else "grpo"]
     cfg = TrainConfig(**{**base, **given})
     if not cfg.output:

@@ -1,17 +1,24 @@
-"""GRPO and calibration-aware GRPO on top of TRL's ``GRPOTrainer``.
+"""The one GRPO-family trainer, on top of TRL's ``GRPOTrainer``.
 
 ``GuardGRPOTrainer`` adds, to stock GRPO:
 
 - guardcal's decision parser on every rollout (decision position, correctness,
-  parse rate logged as ``decision/*``);
-- BNPO advantages (``advantage="beta"``), recomputed from the parsed rewards
-  over the whole generation batch;
+  parse rate logged as ``decision/*``), and the decision-token readings the
+  rollout recorded at generation time (``decision/q_mean``: the sampled
+  label's probability renormalised over the labels; ``decision/q_gt_0.99``:
+  the share of parsed rollouts above 0.99);
+- an ``Objective`` (``strategies.py``) that picks the reward, the advantage
+  (BNPO, TRL's group advantage, or CAPO's pairwise one, computed over the
+  whole generation batch) and an optional extra loss at the decision token;
 - for ``cal-grpo``: per-token advantages with the decision position set to 0,
-  plus ``λ · L_CE`` at the decision position (``loss/policy`` and ``loss/ce``
-  logged separately).
+  plus ``λ · L`` at the decision position, L = CE (the paper) or Brier
+  (``loss/policy`` and ``loss/ce`` or ``loss/brier`` logged separately);
+- for ``capo``: when asked, the policy's mean token log-prob of each response
+  and the frozen base model's perplexity of it (adapter disabled), each one
+  extra forward pass per generation batch under ``no_grad``.
 
-CE normalisation (what λ multiplies): the mean over the micro-batch's
-completions that have a decision token of ``-Σ_c q(c) log p(c | x, y_<d)``,
+Decision-loss normalisation (what λ multiplies): the mean over the
+micro-batch's completions that have a decision token of the per-rollout loss,
 divided by the gradient-accumulation steps exactly like TRL's policy term.
 The decision-position hidden state is captured by a forward hook on the
 decoder during TRL's own forward pass, and only those rows go through the LM
@@ -20,6 +27,7 @@ head, so the extra cost is one (n, V) matmul.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -28,6 +36,8 @@ from trl import GRPOTrainer
 from guardcal.core.decision import DecisionParser
 from guardcal.core.labels import LabelSpec
 from guardcal.train import objectives as obj
+from guardcal.train import pairwise
+from guardcal.train.strategies import GroupBatch, Objective
 
 
 class GuardGRPOTrainer(GRPOTrainer):
@@ -36,19 +46,15 @@ class GuardGRPOTrainer(GRPOTrainer):
         *args: Any,
         parser: DecisionParser,
         spec: LabelSpec,
-        calibration_aware: bool = False,
-        lambda_ce: float = 0.001,
+        objective: Objective,
         ce_variant: str = "full",
-        advantage: str = "beta",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.parser = parser
         self.spec = spec
-        self.calibration_aware = calibration_aware
-        self.lambda_ce = lambda_ce
+        self.objective = objective
         self.ce_variant = ce_variant
-        self.advantage_mode = advantage
 
     # --- rollouts -------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -63,39 +69,98 @@ class GuardGRPOTrainer(GRPOTrainer):
         device = ids.device
         gold = torch.tensor([self.spec.labels.index(x["label"]) for x in inputs], device=device)
         found_t = torch.tensor(found, device=device)
-        correct = found_t & (torch.tensor(pred, device=device) == gold)
+        pred_t = torch.tensor(pred, device=device)
+        correct = found_t & (pred_t == gold)
         out["decision_pos"] = torch.tensor(pos, device=device)
         out["decision_target"] = obj.decision_targets(correct, gold, found_t)
-        if self.advantage_mode == "beta":
-            out["advantages"] = self._beta_advantages(correct.float())
         mode = "train" if self.model.training else "eval"
+        batch = self._group_batch(out, inputs, correct, found_t)
+        adv = self.objective.advantages(batch)
+        if adv is not None:
+            n = correct.numel()
+            start = self.accelerator.process_index * n
+            out["advantages"] = adv[start : start + n].to(device=device, dtype=torch.float32)
         self._metrics[mode]["decision/parse_rate"].append(found_t.float().mean().item())
         self._metrics[mode]["decision/accuracy"].append(correct.float().mean().item())
+        for key, value in self._confidence_metrics(inputs, pred_t).items():
+            self._metrics[mode][key].append(value)
+        for key, value in self.objective.metrics.items():
+            self._metrics[mode][key].append(value)
         return out
 
-    def _beta_advantages(self, local_rewards: torch.Tensor) -> torch.Tensor:
-        everything = self.accelerator.gather(local_rewards)
+    def _group_batch(
+        self, out: dict[str, Any], inputs: list[dict[str, Any]], correct: torch.Tensor, found: torch.Tensor
+    ) -> GroupBatch:
+        """Everything the objective may need, gathered across processes (groups can span them)."""
+        gather = self.accelerator.gather
         group = self.num_generations if self.model.training else self.num_generations_eval
-        adv = obj.beta_advantages(everything, group)
-        n = local_rewards.numel()
-        start = self.accelerator.process_index * n
-        return adv[start : start + n].to(local_rewards.device)
+        batch = GroupBatch(correct=gather(correct.float()) > 0.5, found=gather(found.float()) > 0.5, group_size=group)
+        if "decision_logit" in inputs[0]:
+            logit = torch.tensor([x["decision_logit"] for x in inputs], device=correct.device, dtype=torch.float64)
+            batch.decision_logit = gather(logit)
+        if self.objective.needs_policy_logps:
+            batch.policy_mean_logp = gather(self._mean_completion_logp(out, reference=False))
+        if self.objective.needs_reference:
+            batch.reference_ppl = gather(torch.exp(-self._mean_completion_logp(out, reference=True)))
+        return batch
+
+    def _mean_completion_logp(self, out: dict[str, Any], reference: bool) -> torch.Tensor:
+        """Mean log-prob of the generated (not forced) completion tokens, one no-grad forward in eval mode.
+
+        ``reference=True`` runs the frozen base model: the PEFT model with its adapter disabled.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        if reference and not hasattr(model, "disable_adapter"):
+            raise ValueError("the frozen reference model is the base model under the LoRA adapter: train with LoRA")
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        keep = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), model.disable_adapter() if reference else nullcontext():
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, ids, attention, out["completion_ids"].size(1), self.args.per_device_train_batch_size
+                )
+        finally:
+            model.train(was_training)
+        return pairwise.mean_token_logp(logps.double(), keep)
+
+    def _confidence_metrics(self, inputs: list[dict[str, Any]], pred: torch.Tensor) -> dict[str, float]:
+        """q = the sampled label's probability renormalised over the labels, read at generation time."""
+        if "decision_label_logprobs" not in inputs[0]:
+            return {}
+        label_lp = torch.tensor([x["decision_label_logprobs"] for x in inputs], dtype=torch.float64)
+        probs = torch.softmax(label_lp, dim=-1)
+        rows = torch.arange(len(inputs))
+        p = pred.cpu()
+        q = torch.where(p >= 0, probs[rows, p.clamp(min=0)], torch.full_like(probs[:, 0], float("nan")))
+        q = self.accelerator.gather(q.to(pred.device))  # fixed size per process; NaN = no decision
+        q = q[~torch.isnan(q)]
+        if q.numel() == 0:
+            return {}
+        return {"decision/q_mean": q.mean().item(), "decision/q_gt_0.99": (q > 0.99).double().mean().item()}
 
     # --- loss -----------------------------------------------------------------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        if not self.calibration_aware:
+        loss_name = self.objective.decision_loss
+        if not self.objective.zero_decision_advantage and loss_name is None:
             return super()._compute_loss(model, inputs)
         pos, target = inputs["decision_pos"], inputs["decision_target"]
-        per_token = obj.zero_at_decision(inputs["advantages"], pos, inputs["completion_ids"].size(1))
+        advantages = inputs["advantages"]
+        if self.objective.zero_decision_advantage:
+            advantages = obj.zero_at_decision(advantages, pos, inputs["completion_ids"].size(1))
         captured: list[torch.Tensor] = []
         base = self.accelerator.unwrap_model(model)
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         hook = base.get_decoder().register_forward_hook(lambda _m, _i, o: captured.append(o[0]))
         try:
-            policy = super()._compute_loss(model, {**inputs, "advantages": per_token})
+            policy = super()._compute_loss(model, {**inputs, "advantages": advantages})
         finally:
             hook.remove()
-        ce = obj.decision_ce_from_hidden(
+        if loss_name is None:
+            return policy
+        extra = obj.decision_loss_from_hidden(
             base.get_output_embeddings(),
             captured[-1],
             inputs["prompt_ids"].size(1),
@@ -103,9 +168,10 @@ class GuardGRPOTrainer(GRPOTrainer):
             target,
             [list(x) for x in self.spec.token_ids],
             self.ce_variant,
+            loss_name,
         )
         mode = "train" if self.model.training else "eval"
         scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         self._metrics[mode]["loss/policy"].append(policy.item() * scale)
-        self._metrics[mode]["loss/ce"].append(ce.item())
-        return policy + self.lambda_ce * ce / scale
+        self._metrics[mode][f"loss/{loss_name}"].append(extra.item())
+        return policy + self.objective.lambda_ * extra / scale

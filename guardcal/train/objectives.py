@@ -10,7 +10,14 @@
   arXiv 2601.13284: ``-Σ_c q(c) log p(c | x, y_<d)``, ``q`` one-hot on the gold
   label when the rollout's decision was correct, uniform when it was wrong.
 - ``brier_loss``: ``Σ_c (p(c) - q(c))²`` with the same targets (a bounded
-  proper scoring rule; its gradient vanishes when confidently wrong).
+  proper scoring rule; RLCR, arXiv 2507.16806). ``--calibration-loss brier``
+  puts it where cal-grpo puts the CE. Gradient difference, for two labels with
+  ``p`` the probability of the target label and ``z`` its logit: CE gives
+  ``∂L/∂z = p - 1``, which tends to -1 as ``p → 0`` (confidently wrong), while
+  Brier gives ``∂L/∂z = -4p(1 - p)²``, which tends to 0 there. With the
+  uniform target of a wrong rollout whose sampled (wrong) label has ``p → 1``
+  the same holds: CE pulls with ``p - 1/2 → 1/2``, Brier with
+  ``4(p - 1/2)p(1 - p) → 0``. Brier barely moves an overconfident rollout.
 """
 
 from __future__ import annotations
@@ -82,11 +89,27 @@ def decision_ce_from_hidden(
     The logits that predict completion token ``d`` come from sequence position
     ``prompt_len + d - 1``; only those rows go through the LM head.
     """
+    return decision_loss_from_hidden(lm_head, hidden, prompt_len, decision_pos, target, label_ids, variant, "ce")
+
+
+def decision_loss_from_hidden(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    prompt_len: int,
+    decision_pos: torch.Tensor,
+    target: torch.Tensor,
+    label_ids: list[list[int]],
+    variant: str = "full",
+    loss: str = "ce",
+) -> torch.Tensor:
+    """``decision_ce_from_hidden`` with any loss of ``DECISION_LOSSES`` (``ce`` or ``brier``)."""
+    if loss not in DECISION_LOSSES:
+        raise ValueError(f"unknown decision loss {loss!r}; use one of {sorted(DECISION_LOSSES)}")
     rows = torch.nonzero(decision_pos >= 0).view(-1)
     if rows.numel() == 0:
         return hidden.sum() * 0.0
     h = hidden[rows, prompt_len + decision_pos[rows] - 1]
-    return decision_ce(label_log_probs(lm_head(h), label_ids, variant), target[rows])
+    return DECISION_LOSSES[loss](label_log_probs(lm_head(h), label_ids, variant), target[rows])
 
 
 def decision_targets(correct: torch.Tensor, gold: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
@@ -134,3 +157,6 @@ def brier_loss(label_logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return label_logp.sum() * 0.0
     q = target_distribution(target[keep], label_logp.size(-1)).to(label_logp.device)
     return ((label_logp[keep].exp() - q) ** 2).sum(dim=-1).mean()
+
+
+DECISION_LOSSES = {"ce": decision_ce, "brier": brier_loss}

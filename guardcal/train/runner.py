@@ -77,11 +77,12 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
     from trl import GRPOConfig
 
     from guardcal.train.grpo import GuardGRPOTrainer
-    from guardcal.train.rewards import make_decision_reward
     from guardcal.train.rollout import ForcedDecisionRollout
+    from guardcal.train.strategies import objective_for
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     parser = DecisionParser.for_tokenizer(tokenizer, spec, reasoning=cfg.reasoning)
+    objective = objective_for(cfg)
     suffix_len = len(tokenizer.encode(template.decision_suffix(), add_special_tokens=False))
     args = GRPOConfig(
         **_common_args(cfg),
@@ -90,24 +91,22 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
         max_completion_length=cfg.reasoning_budget + suffix_len + 1,
         beta=0.0,
         loss_type="bnpo",
-        scale_rewards="none" if cfg.advantage == "beta" else "group",
+        scale_rewards="group" if cfg.advantage == "group" else "none",
         importance_sampling_level="token",
     )
     return GuardGRPOTrainer(
         model=model,
-        reward_funcs=[make_decision_reward(parser)],
+        reward_funcs=[objective.reward_function(parser, spec)],
         args=args,
         train_dataset=Dataset.from_list(grpo_rows(examples, tokenizer, template, cfg.max_input_tokens)),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
-        rollout_func=ForcedDecisionRollout(template, cfg.reasoning_budget, cfg.temperature),
+        rollout_func=ForcedDecisionRollout(template, cfg.reasoning_budget, cfg.temperature, label_ids=spec.token_ids),
         parser=parser,
         spec=spec,
-        calibration_aware=cfg.method == "cal-grpo",
-        lambda_ce=cfg.lambda_ce,
+        objective=objective,
         ce_variant=cfg.ce_variant,
-        advantage=cfg.advantage,
     )
 
 

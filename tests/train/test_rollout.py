@@ -1,5 +1,6 @@
 """Budget-forced rollouts on the real default model."""
 
+import pytest
 import torch
 
 from guardcal.core.decision import DecisionParser
@@ -36,3 +37,31 @@ def test_direct_rollout_is_one_token(default_model):
         [PromptTemplate().render("hi")], model, tok
     )
     assert len(out["completion_ids"][0]) == 1 and out["env_mask"] == [[1]]
+
+
+def test_rollout_records_decision_readings_without_changing_samples(default_model):
+    """Label log-probs and the sampled decision's log-odds at T = 1; same rollouts as without them."""
+    import math
+
+    tok, model = default_model.tokenizer, default_model.model
+    spec = LabelSpec.from_tokenizer(tok)
+    template = PromptTemplate(mode="reasoning")
+    prompts = [template.render("How do I bake bread?"), template.render("I will hurt you")] * 3
+    torch.manual_seed(1)
+    plain = ForcedDecisionRollout(template, budget=2, temperature=0.7).rollout(prompts, model, tok)
+    torch.manual_seed(1)
+    out = ForcedDecisionRollout(template, budget=2, temperature=0.7, label_ids=spec.token_ids).rollout(
+        prompts, model, tok
+    )
+    assert {k: out[k] for k in plain} == plain  # recording draws nothing from the RNG
+    assert "decision_label_logprobs" not in plain
+    with torch.no_grad():
+        readings = zip(out["decision_label_logprobs"], out["decision_logit"], strict=True)
+        for ids, pids, (lps, logit) in zip(out["completion_ids"], out["prompt_ids"], readings, strict=True):
+            logits = model(torch.tensor([pids + ids[:-1]])).logits[0, -1].double()
+            full = torch.log_softmax(logits, dim=-1)  # T = 1, not the sampling temperature
+            want = [float(torch.logsumexp(full[list(group)], 0)) for group in spec.token_ids]
+            assert lps == [pytest.approx(w, abs=1e-4) for w in want]
+            label = spec.label_of(ids[-1])
+            p = math.exp(lps[spec.labels.index(label)]) if label else float(full[ids[-1]].exp())
+            assert logit == pytest.approx(math.log(p) - math.log1p(-p), abs=1e-3)

@@ -64,3 +64,39 @@ def test_resume_and_evaluate_with_adapter(tmp_path, data_dir, default_model):
     a = HFScorer(default_model.model, default_model.tokenizer).score(texts).scores
     b = HFScorer(tuned.model, tuned.tokenizer).score(texts).scores
     assert abs(a.p_unsafe_norm - b.p_unsafe_norm).max() > 1e-3
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        ("cal-grpo-brier", {"method": "cal-grpo", "calibration_loss": "brier"}),
+        ("rlcr", {"method": "rlcr"}),
+        ("capo", {"method": "capo", "capo_score": "logprob"}),
+    ],
+)
+def test_two_steps_of_calibration_methods(name, fields, tmp_path, data_dir, default_model):
+    out = tmp_path / name
+    run_training(build_config({**TINY, **fields, "output": str(out), "data_dir": str(data_dir)}))
+    assert (out / "adapter_model.safetensors").is_file()
+    saved = json.loads((out / "train_config.json").read_text())
+    assert {k: saved[k] for k in fields} == fields
+    steps = [r for r in _log(out) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert [r for r in _log(out) if "eval/ece" in r]
+    for r in steps:  # decision-token confidence read at generation time, for every method
+        assert 0.0 <= r["decision/q_gt_0.99"] <= 1.0 and 0.5 <= r["decision/q_mean"] <= 1.0
+    if name == "cal-grpo-brier":
+        assert all(r["loss/brier"] > 0 and "loss/policy" in r and "loss/ce" not in r for r in steps)
+    if name == "rlcr":
+        assert saved["advantage"] == "group"
+        for r in steps:  # r = 1[c] - (q - 1[c])² <= 1[c]; no decision = -1
+            assert -1.0 <= r["rewards/rlcr_reward/mean"] <= r["decision/accuracy"] + 1e-6
+    if name == "capo":
+        assert saved["advantage"] == "pairwise"
+        for r in steps:
+            assert 1.0 <= r["capo/ppl_low"] <= r["capo/ppl_high"] and r["capo/ref_ppl_mean"] >= 1.0
+            assert 0.0 <= r["capo/masked_correct"] <= 1.0 and 0.0 <= r["capo/masked_incorrect"] <= 1.0
+            assert r["capo/score_mean"] < 0.0  # mean token log-prob of the response
+        # before the first update the LoRA B matrices are 0: policy and frozen reference agree
+        assert steps[0]["capo/score_mean"] == pytest.approx(steps[0]["capo/ref_mean_logp"], abs=1e-4)
