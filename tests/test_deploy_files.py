@@ -285,6 +285,8 @@ def test_gpu_variant_uses_vllm_tensor_parallel_over_all_its_gpus() -> None:
     container = _container(deployment)
     env = _env(container)
     assert env["GUARDCAL_BACKEND"] == "vllm"
+    assert env["GUARDCAL_DTYPE"] in ("bfloat16", "float16")  # "auto" follows the CPU: float32 on most hosts
+    assert int(env["GUARDCAL_VLLM_KV_CACHE_BYTES"]) >= 1 << 30
     tp = int(env["GUARDCAL_VLLM_TENSOR_PARALLEL_SIZE"])
     gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
     assert tp >= 2 and tp == gpus == int(container["resources"]["requests"]["nvidia.com/gpu"])
