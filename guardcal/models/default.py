@@ -71,6 +71,8 @@ def default_model_dir(home: Path | None = None) -> Path:
     try:
         _materialise(gguf, tmp)
         (tmp / MARKER).write_text(json.dumps({"source": str(gguf), "name": DEFAULT_MODEL_NAME}))
+        for f in tmp.iterdir():  # readable by other users (e.g. a non-root server in a container)
+            f.chmod(0o644)
         try:
             tmp.rename(target)
         except OSError:

@@ -34,7 +34,7 @@ class JsonlLogCallback(TrainerCallback):
         self.log = log
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-        if logs:
+        if logs and state.is_world_process_zero:  # one writer under accelerate/torchrun
             self.log.write({"step": state.global_step, "time": round(time.time(), 1), **logs})
 
 
@@ -64,9 +64,11 @@ class CalibrationEvalCallback(TrainerCallback):
         return record
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
         if self.examples and self.eval_steps > 0 and state.global_step % self.eval_steps == 0:
             self.evaluate(model, state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        if self.examples and self.last_step != state.global_step:
+        if state.is_world_process_zero and self.examples and self.last_step != state.global_step:
             self.evaluate(model, state.global_step)

@@ -63,3 +63,18 @@ def test_cli_refuses_bad_config_before_loading(tmp_path, capsys):
 
 def test_every_field_has_help():
     assert all(field_help().values())
+
+
+def test_only_the_main_process_writes_the_log(tmp_path):
+    """Under accelerate/torchrun every process runs the callbacks; log.jsonl gets one copy of each line."""
+    from types import SimpleNamespace
+
+    from guardcal.train.callbacks import JsonlLog, JsonlLogCallback
+
+    log = JsonlLog(tmp_path / "log.jsonl")
+    callback = JsonlLogCallback(log)
+    for rank in range(2):
+        state = SimpleNamespace(global_step=3, is_world_process_zero=rank == 0)
+        callback.on_log(None, state, None, logs={"loss": 0.5})
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"loss": 0.5' in lines[0]
