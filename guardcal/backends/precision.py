@@ -39,10 +39,18 @@ def cpu_supports_bf16(flags: set[str] | None = None) -> bool:
     return bool(torch.backends.mkldnn.is_available())
 
 
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` → ``bfloat16`` where :func:`cpu_supports_bf16`, else ``float32``; others unchanged."""
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """``auto`` → ``bfloat16`` where the device runs it natively, else ``float32``; others unchanged.
+
+    ``device`` is where the model runs: ``cpu`` (:func:`cpu_supports_bf16`) or ``cuda``
+    (``torch.cuda.is_bf16_supported()``).
+    """
     if dtype not in SERVE_DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of {SERVE_DTYPES} (auto: bf16 where the CPU has it)")
     if dtype != "auto":
         return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if cpu_supports_bf16() else "float32"

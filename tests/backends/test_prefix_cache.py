@@ -144,5 +144,9 @@ def test_dtype_resolution(tmp_path):
     assert not cpu_supports_bf16({"avx2", "avx512f"})
     assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
     assert resolve_dtype("auto") == ("bfloat16" if cpu_supports_bf16() else "float32")
+    import torch
+
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert resolve_dtype("auto", device="cuda") == ("bfloat16" if cuda_bf16 else "float32")
     with pytest.raises(ConfigError, match="auto"):
         resolve_dtype("fp8")
