@@ -221,6 +221,7 @@ def build_backend(settings: Any) -> Any:
             settings.reasoning,
             dtype=settings.dtype,
             kv_cache_bytes=settings.vllm_kv_cache_bytes,
+            tensor_parallel_size=settings.vllm_tensor_parallel_size,
         )
     from guardcal.backends.transformers_backend import TransformersBackend
 

@@ -42,11 +42,6 @@ K8S_VERSION = "1.37.0"
 NON_ROOT_UID = 10001
 #: GUARDCAL_* names that are not server settings (GUARDCAL_UID is a Dockerfile build argument)
 NON_SETTINGS_ENV = {"GUARDCAL_HOME", "GUARDCAL_DATA_DIR", "GUARDCAL_UID"}
-#: used by the deployment files but not yet a setting: the GPU manifest's tensor parallelism needs
-#: the vLLM backend to take it (ServeSettings.vllm_tensor_parallel_size -> LLM(tensor_parallel_size=...))
-PENDING_SETTINGS = {
-    "GUARDCAL_VLLM_TENSOR_PARALLEL_SIZE": "the vLLM backend does not take a tensor-parallel size yet (issue #5)",
-}
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -203,16 +198,23 @@ def _setting_names() -> set[str]:
 def test_every_guardcal_variable_is_a_setting() -> None:
     """A misspelt GUARDCAL_* variable would be ignored silently; every one used must exist."""
     found = _guardcal_env_names()
-    known = _setting_names() | NON_SETTINGS_ENV | set(PENDING_SETTINGS)
+    known = _setting_names() | NON_SETTINGS_ENV
     unknown = {name: where for name, where in found.items() if name not in known}
     assert len(found) > 10
     assert not unknown, f"not ServeSettings fields: {unknown}"
 
 
-@pytest.mark.xfail(strict=True, reason="; ".join(PENDING_SETTINGS.values()))
-def test_pending_settings_exist() -> None:
-    """Strict xfail: passes (and so fails the suite) once the setting exists; then drop it from PENDING_SETTINGS."""
-    assert set(PENDING_SETTINGS) <= _setting_names()
+def test_gpu_manifest_splits_the_model_across_its_gpus() -> None:
+    """The GPU variant's tensor-parallel size is a real setting and equals the GPUs it asks for."""
+    from guardcal.serve.settings import ServeSettings
+
+    assert "vllm_tensor_parallel_size" in ServeSettings.model_fields
+    text = (ROOT / "deploy/k8s/gpu/deployment-vllm.yaml").read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment"]
+    container = docs[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert int(env["GUARDCAL_VLLM_TENSOR_PARALLEL_SIZE"]) == gpus > 1
 
 
 # ------------------------------------------------------------------ Kubernetes

