@@ -2,10 +2,14 @@
 
 One row per (escalation, hook), states ``pending`` → ``delivered``. The service writes the rows
 (and commits them, ``synchronous=FULL``) before it answers the request, so an escalation
-survives a crash right after the answer. The :class:`DeliveryWorker` (one asyncio task) claims
-due rows, calls the hook and marks a row delivered only after the hook returned; a failure
-bumps ``attempts`` and schedules ``next_attempt_at`` with exponential back-off (capped, no
-give-up: rows stay pending until delivered or removed by an operator).
+survives a crash right after the answer. Deliveries are recorded with ``FULL`` too; the retry
+bookkeeping (claims, reschedules) commits with ``NORMAL`` (no fsync; still safe when the process
+is killed): losing one to a power cut only makes a retry come sooner, and a receiver that is
+down no longer costs two fsyncs per retry on the lock the request path needs. The
+:class:`DeliveryWorker` (one asyncio task) claims due rows, calls the hook and marks a row
+delivered only after the hook returned; a failure bumps ``attempts`` and schedules
+``next_attempt_at`` with exponential back-off (capped, no give-up: rows stay pending until
+delivered or removed by an operator).
 
 A claim is a lease: ``next_attempt_at`` moves ``lease_s`` into the future, so a second worker on
 the same file does not take the row while a delivery is in flight, and takes it again once the
@@ -74,6 +78,7 @@ class Outbox:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._owner: IO[bytes] | None = None
+        self._durable = True
         self.released_on_open = 0
 
     def open(self) -> None:
@@ -122,14 +127,18 @@ class Outbox:
                 self._owner.close()  # releases the flock
                 self._owner = None
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, fn: Callable[[sqlite3.Connection], T], durable: bool | None) -> T:
         with self._lock:
             if self._conn is None:
                 raise RuntimeError(f"outbox {self.path} is not open; call open() first")
+            if durable is not None and durable != self._durable:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             return fn(self._conn)
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._run, fn)
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], durable: bool | None = None) -> T:
+        """Run ``fn`` in a thread; ``durable`` True commits with fsync, False without, None: reads."""
+        return await asyncio.to_thread(self._run, fn, durable)
 
     async def enqueue(self, escalations: Sequence[tuple[str, Mapping[str, Any]]], hooks: Sequence[str]) -> None:
         """Durably add one pending row per (escalation id, payload) and hook, in one transaction.
@@ -154,7 +163,7 @@ class Outbox:
                     rows,
                 )
 
-        await self._call(insert)
+        await self._call(insert, durable=True)
 
     async def claim_due(self, limit: int, lease_s: float) -> list[OutboxRow]:
         """Pending rows whose time has come, leased for ``lease_s`` seconds."""
@@ -173,7 +182,7 @@ class Outbox:
                 )
             return [OutboxRow(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in found]
 
-        return await self._call(claim)
+        return await self._call(claim, durable=False)
 
     async def mark_delivered(self, row_id: int) -> bool:
         """Record a delivery; False if the row was already delivered (it is never marked twice)."""
@@ -186,7 +195,7 @@ class Outbox:
             )
             return cur.rowcount == 1
 
-        return await self._call(mark)
+        return await self._call(mark, durable=True)
 
     async def reschedule(self, row_id: int, delay_s: float, error: str, count_attempt: bool = True) -> None:
         """Keep a row pending and try again in ``delay_s`` seconds."""
@@ -199,7 +208,7 @@ class Outbox:
                 (bump, time.time() + delay_s, error[:500], row_id),
             )
 
-        await self._call(update)
+        await self._call(update, durable=False)
 
     async def depth(self) -> int:
         """Pending rows."""

@@ -159,3 +159,19 @@ async def test_a_clean_stop_delivers_what_is_due_before_returning(outbox, kit):
     await worker.stop()
     assert [p["id"] for p in hook.payloads] == ["e1"]
     assert {r["state"] for r in await outbox.rows()} == {"delivered"}
+
+
+async def test_escalations_and_deliveries_are_fsynced_retry_bookkeeping_is_not(outbox):
+    def synchronous() -> int:  # 2 = FULL (fsync at commit), 1 = NORMAL
+        return int(outbox._run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0], None))
+
+    await outbox.enqueue([("e1", {"id": "e1"}), ("e2", {"id": "e2"})], ["h"])
+    assert synchronous() == 2
+    first, second = await outbox.claim_due(10, lease_s=30.0)
+    assert synchronous() == 1
+    await outbox.reschedule(first.row_id, 0.0, "HTTP 500")
+    assert synchronous() == 1
+    assert await outbox.mark_delivered(second.row_id) and synchronous() == 2
+    await outbox.claim_due(10, lease_s=30.0)
+    await outbox.enqueue([("e3", {"id": "e3"})], ["h"])
+    assert synchronous() == 2
