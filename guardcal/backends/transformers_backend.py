@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,9 +61,18 @@ class TransformersBackend(ClassifierBackend):
         self._identity: dict[str, Any] = {}
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
+        # One dedicated model thread: torch runs one forward at a time anyway, and glibc gives every
+        # thread that allocates its own malloc arena, so rotating over asyncio.to_thread's pool grew
+        # RSS by ~150-190 MiB under sustained load (flat on one thread; benchmarks/load_faults.py soak)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _in_model_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardcal-model")
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        await self._in_model_thread(self._load)
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name="guardcal-transformers-batcher")
         await self.score(["warm-up"])  # first forward pays one-off costs before /readyz says ready
@@ -122,7 +132,7 @@ class TransformersBackend(ClassifierBackend):
             return
         texts = [t for p in batch for t in p.texts]
         try:
-            scores = (await asyncio.to_thread(self.scorer.score, texts)).scores
+            scores = (await self._in_model_thread(self.scorer.score, texts)).scores
         except Exception as exc:  # noqa: BLE001 - every waiter gets the failure, the worker lives on
             for p in batch:
                 if not p.future.done():
@@ -142,3 +152,6 @@ class TransformersBackend(ClassifierBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._worker = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
