@@ -48,30 +48,34 @@ class EvaluateCommand(Command):
         parser.add_argument("--output", required=True, type=Path, help="output folder")
         parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
         parser.add_argument(
-            "--reasoning", action="store_true", help="reasoning prompt: <think> … </think> before the label"
+            "--reasoning",
+            action="store_true",
+            default=None,
+            help="reasoning prompt: <think> … </think> before the label (--bundle default: the bundle's mode)",
         )
         parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
         parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
         parser.add_argument("--batch-size", type=int, default=8)
         parser.add_argument("--max-input-tokens", type=int, default=1024, help="inputs are cut to this many tokens")
-        parser.add_argument("--max-new-tokens", type=int, default=256, help="reasoning budget")
+        parser.add_argument("--max-new-tokens", type=int, help="reasoning budget (default 256, or the bundle's)")
         parser.add_argument("--no-progress", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
         from guardcal.evaluate import EvalConfig, run_evaluation
 
+        adapter, reasoning, max_new_tokens = shipped_bundle_setting(args)
         cfg = EvalConfig(
             datasets=args.datasets,
             output=args.output,
             model=args.model,
-            adapter=args.adapter,
-            reasoning=args.reasoning,
+            adapter=adapter,
+            reasoning=reasoning,
             limit=args.limit,
             data_dir=args.data_dir,
             dtype=args.dtype,
             batch_size=args.batch_size,
             max_input_tokens=args.max_input_tokens,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             bundle=args.bundle,
             progress=not args.no_progress,
         )
@@ -80,6 +84,22 @@ class EvaluateCommand(Command):
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.output}/metrics.json, predictions.jsonl, report.md and reliability PNGs")
         return 0
+
+
+def shipped_bundle_setting(args: argparse.Namespace) -> tuple[str | None, bool, int]:
+    """Adapter, reasoning mode and budget: as given, else (``--bundle default`` on the default model) the
+    setting the shipped bundle was fitted for, else no adapter, direct mode, 256 tokens."""
+    from guardcal.assets import DEFAULT
+    from guardcal.models.default import DEFAULT_MODEL
+    from guardcal.models.shipped import DEFAULT_REASONING_BUDGET, shipped_setup
+
+    adapter, reasoning, budget = args.adapter, args.reasoning, args.max_new_tokens
+    setup = shipped_setup() if args.bundle == DEFAULT and args.model == DEFAULT_MODEL else None
+    if setup is not None:
+        adapter = setup.adapter if adapter is None else adapter
+        reasoning = setup.reasoning if reasoning is None else reasoning
+        budget = setup.max_new_tokens if budget is None and reasoning else budget
+    return adapter, bool(reasoning), budget or DEFAULT_REASONING_BUDGET
 
 
 class TrainCommand(Command):
@@ -220,13 +240,19 @@ def build_backend(settings: Any) -> Any:
             settings.adapter,
             settings.reasoning,
             dtype=settings.dtype,
+            max_new_tokens=settings.max_new_tokens,
             kv_cache_bytes=settings.vllm_kv_cache_bytes,
             tensor_parallel_size=settings.vllm_tensor_parallel_size,
         )
     from guardcal.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(
-        settings.model, settings.adapter, settings.reasoning, dtype=settings.dtype, max_batch=settings.max_batch
+        settings.model,
+        settings.adapter,
+        settings.reasoning,
+        dtype=settings.dtype,
+        max_batch=settings.max_batch,
+        max_new_tokens=settings.max_new_tokens,
     )
 
 

@@ -218,6 +218,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
         "dtype": cfg.dtype,
         "limit": cfg.limit,
         "max_input_tokens": cfg.max_input_tokens,
+        "max_new_tokens": cfg.max_new_tokens if cfg.reasoning else None,
         "datasets": {k: len(v) for k, v in data.items()},
         "seconds": round(time.time() - started, 1),
         "bundle": cfg.bundle,

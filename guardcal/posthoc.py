@@ -74,7 +74,7 @@ Rows = dict[str, list[dict[str, Any]]]
 
 
 def score_rows(cfg: CalibrateConfig) -> tuple[Rows, dict[str, Any]]:
-    """Score the fit and evaluation sets; return prediction rows and the scorer's identity."""
+    """Score the fit and evaluation sets; return prediction rows, the scorer's identity and dtype/budget."""
     session = open_session(
         EvalConfig(
             datasets=[cfg.fit_dataset],
@@ -92,11 +92,11 @@ def score_rows(cfg: CalibrateConfig) -> tuple[Rows, dict[str, Any]]:
         examples = subsample(load_dataset(key, cfg.data_dir), cfg.limit)
         scored = session.scorer.score([e.text for e in examples], cfg.progress)
         rows[key] = prediction_rows(key, examples, scored.scores)
-    return rows, session.identity()
+    return rows, {**session.identity(), **scoring_setting(cfg.dtype, cfg.max_new_tokens if cfg.reasoning else None)}
 
 
 def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str, Any]]:
-    """Reuse a ``guardcal evaluate`` output folder instead of scoring again."""
+    """Reuse a ``guardcal evaluate`` output folder instead of scoring again (identity, dtype/budget as run)."""
     run_file, pred_file = folder / "run.json", folder / "predictions.jsonl"
     for f in (run_file, pred_file):
         if not f.is_file():
@@ -110,7 +110,13 @@ def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str
     missing = [k for k, v in rows.items() if not v]
     if missing:
         raise ConfigError(f"{pred_file} has no predictions for {missing}; evaluate with --dataset for each of them")
-    return rows, {k: run[k] for k in ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")}
+    identity = {k: run[k] for k in ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")}
+    return rows, {**identity, **scoring_setting(run.get("dtype"), run.get("max_new_tokens"))}
+
+
+def scoring_setting(dtype: str | None, max_new_tokens: int | None) -> dict[str, Any]:
+    """How the fit set was scored, kept in the bundle's ``extra`` so serving can score the same way."""
+    return {"dtype": dtype, "max_new_tokens": max_new_tokens}
 
 
 def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
@@ -121,11 +127,12 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     y_fit = np.array([r["label"] == UNSAFE for r in fit], dtype=np.int64)
     calibrator = make_calibrator(cfg.method).fit(np.array([r["p_unsafe"] for r in fit]), y_fit)
     thresholds = choose_thresholds(cfg, calibrator.predict(np.array([r["p_unsafe"] for r in fit])), y_fit)
+    scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens")}
     bundle = CalibrationBundle.from_fitted(
         calibrator,
         thresholds,
         **identity,
-        extra={"fit_dataset": cfg.fit_dataset, "fit_n": len(fit), "adapter": cfg.adapter},
+        extra={"fit_dataset": cfg.fit_dataset, "fit_n": len(fit), "adapter": cfg.adapter, **scoring},
     )
     metrics: dict[str, dict[str, Any]] = {"before": {}, "after": {}}
     escalation: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,8 @@ from pydantic_settings import (
 
 from guardcal.assets import DEFAULT, DEFAULT_BUNDLE
 from guardcal.errors import ConfigError, ModelError
-from guardcal.models.default import guardcal_home
+from guardcal.models.default import DEFAULT_MODEL, guardcal_home
+from guardcal.models.shipped import DEFAULT_REASONING_BUDGET, shipped_setup
 
 Scope = Literal["classify", "internal"]
 SCOPES: tuple[Scope, ...] = ("classify", "internal")
@@ -76,6 +78,15 @@ def _default_bundle() -> str | None:
     return DEFAULT if DEFAULT_BUNDLE.is_file() else None
 
 
+def _fitted_dtype(bundle: Path) -> Any:
+    """The dtype a bundle's fit set was scored in (``extra.dtype``), or None if it does not say."""
+    try:
+        fitted = (json.loads(bundle.read_text(encoding="utf-8")).get("extra") or {}).get("dtype")
+    except (OSError, ValueError, AttributeError):
+        return None  # the start-up load reports a broken bundle properly
+    return fitted if fitted in ("float32", "bfloat16", "float16") else None
+
+
 def _default_outbox() -> Path:
     return guardcal_home() / "serve" / "outbox.sqlite3"
 
@@ -92,6 +103,9 @@ class ServeSettings(BaseSettings):
     model: str = Field("default", description="base model: 'default', a folder or a Hugging Face id")
     adapter: str | None = Field(None, description="PEFT adapter folder (or 'default')")
     reasoning: bool = Field(False, description="prompt mode the backend runs: reasoning instead of direct")
+    max_new_tokens: int = Field(
+        DEFAULT_REASONING_BUDGET, ge=1, le=32_768, description="reasoning mode: most reasoning tokens before the label"
+    )
     bundle: str | None = Field(
         default_factory=_default_bundle,
         description="calibration bundle: 'default' (shipped), a path, or 'none' (no calibration)",
@@ -224,6 +238,43 @@ class ServeSettings(BaseSettings):
         if not Path(value).is_file():
             raise ValueError(f"calibration bundle {value} does not exist; pass a file written by guardcal calibrate")
         return value
+
+    @model_validator(mode="after")
+    def _follow_the_bundle(self) -> ServeSettings:
+        """Score the way the bundle was fitted: the shipped bundle's setting, then any bundle's dtype."""
+        self._take_shipped_setting()
+        path = self.bundle_path()
+        if "dtype" not in self.model_fields_set and path is not None:
+            self.dtype = _fitted_dtype(path) or self.dtype
+        return self
+
+    def _take_shipped_setting(self) -> None:
+        """The shipped bundle brings the adapter, mode and reasoning budget it was fitted for.
+
+        With the default model, settings left unset take the bundle's values. When the model, adapter
+        or mode was set to something else, an implicit shipped bundle is dropped (the server then
+        escalates on the fixed uncalibrated threshold and says so); a bundle named explicitly is kept
+        and the start-up check refuses the mismatch, naming the field.
+        """
+        if self.bundle != DEFAULT:
+            return
+        try:
+            setup = shipped_setup()
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+        if setup is None:
+            return
+        explicit = self.model_fields_set
+        if self.model == DEFAULT_MODEL:
+            if "adapter" not in explicit:
+                self.adapter = setup.adapter
+            if "reasoning" not in explicit:
+                self.reasoning = setup.reasoning
+            if "max_new_tokens" not in explicit and setup.reasoning:
+                self.max_new_tokens = setup.max_new_tokens
+        fits = self.model == DEFAULT_MODEL and self.adapter == setup.adapter and self.reasoning == setup.reasoning
+        if not fits and "bundle" not in explicit:
+            self.bundle = None
 
     @model_validator(mode="after")
     def _secure_binding(self) -> ServeSettings:
