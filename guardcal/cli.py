@@ -30,6 +30,25 @@ def _offline_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that scores a model: evaluate and calibrate."""
+    parser.add_argument(
+        "--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or a HF id"
+    )
+    parser.add_argument("--adapter", help="PEFT adapter folder (safetensors), or 'default' (the shipped adapter)")
+    parser.add_argument(
+        "--reasoning",
+        action="store_true",
+        default=None,
+        help="reasoning prompt: <think> … </think> before the label (must match serving)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, help="reasoning budget (default 256)")
+    parser.add_argument("--max-input-tokens", type=int, default=1024, help="inputs are cut to this many tokens")
+    parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+    parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 class EvaluateCommand(Command):
     name = "evaluate"
     help = "score datasets with a model (+ adapter) and write metrics, predictions and plots"
@@ -37,28 +56,14 @@ class EvaluateCommand(Command):
     def register(self, parser: argparse.ArgumentParser) -> None:
         from guardcal.data.datasets import describe_datasets
 
-        parser.add_argument(
-            "--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or a HF id"
-        )
-        parser.add_argument("--adapter", help="PEFT adapter folder (safetensors), or 'default'")
+        add_scoring_flags(parser)
         parser.add_argument("--bundle", help="calibration bundle JSON, or 'default': metrics become calibrated")
         parser.add_argument(
             "--dataset", action="append", dest="datasets", required=True, help=f"repeatable; {describe_datasets()}"
         )
         parser.add_argument("--output", required=True, type=Path, help="output folder")
-        parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
-        parser.add_argument(
-            "--reasoning",
-            action="store_true",
-            default=None,
-            help="reasoning prompt: <think> … </think> before the label (--bundle default: the bundle's mode)",
-        )
-        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
         parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
         parser.add_argument("--batch-size", type=int, default=8)
-        parser.add_argument("--max-input-tokens", type=int, default=1024, help="inputs are cut to this many tokens")
-        parser.add_argument("--max-new-tokens", type=int, help="reasoning budget (default 256, or the bundle's)")
-        parser.add_argument("--no-progress", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
         from guardcal.evaluate import EvalConfig, run_evaluation
@@ -144,12 +149,10 @@ class CalibrateCommand(Command):
     help = "fit a post-hoc calibrator + escalation thresholds on openai-moderation:calib and write a bundle"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--model", default="default", help="'default', a local folder or a HF id")
-        parser.add_argument("--adapter", help="PEFT adapter folder, or 'default' (the shipped adapter)")
+        add_scoring_flags(parser)
         parser.add_argument("--method", default="isotonic", choices=("platt", "isotonic", "temperature"))
         parser.add_argument("--output", type=Path, required=True, help="bundle JSON to write")
         parser.add_argument("--report", type=Path, help="folder for report.md and before/after reliability PNGs")
-        parser.add_argument("--reasoning", action="store_true", help="reasoning prompt (must match serving)")
         parser.add_argument("--target-error", type=float, default=0.05, help="α: error allowed among auto-decided")
         parser.add_argument("--target-error-unsafe", type=float, help="a separate α for predicted-unsafe")
         parser.add_argument("--delta", type=float, default=0.1, help="the guarantee holds with probability 1 − δ")
@@ -161,18 +164,14 @@ class CalibrateCommand(Command):
             dest="eval_datasets",
             help="repeatable (default: openai-moderation:test and xstest)",
         )
-        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
-        parser.add_argument("--max-input-tokens", type=int, default=1024)
-        parser.add_argument("--max-new-tokens", type=int, default=256, help="reasoning budget")
-        parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset (smoke runs)")
         parser.add_argument(
             "--predictions",
             type=Path,
             help="reuse a `guardcal evaluate` output folder that scored the fit and eval sets",
         )
-        parser.add_argument("--no-progress", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
+        from guardcal.models.shipped import DEFAULT_REASONING_BUDGET
         from guardcal.posthoc import CalibrateConfig, run_calibration
 
         cfg = CalibrateConfig(
@@ -180,7 +179,7 @@ class CalibrateCommand(Command):
             method=args.method,
             model=args.model,
             adapter=args.adapter,
-            reasoning=args.reasoning,
+            reasoning=bool(args.reasoning),
             data_dir=args.data_dir,
             fit_dataset=args.fit_dataset,
             eval_datasets=args.eval_datasets or ["openai-moderation:test", "xstest"],
@@ -190,7 +189,7 @@ class CalibrateCommand(Command):
             threshold=args.threshold,
             report=args.report,
             max_input_tokens=args.max_input_tokens,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=args.max_new_tokens or DEFAULT_REASONING_BUDGET,
             limit=args.limit,
             predictions=args.predictions,
             progress=not args.no_progress,
