@@ -24,9 +24,7 @@ import json
 import os
 import platform
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from guardcal.serve.process import ServeProcess, free_port, serve_command, start_serve
 
 RESULTS = Path(__file__).parent / "results" / "reliability.json"
 CLASSIFY_KEY = "load-classify-key-0123456789abcdef"
@@ -101,54 +101,6 @@ def serve_fake() -> None:
 # --- server processes ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ServerProcess:
-    """A running ``guardcal serve`` process on 127.0.0.1."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    started_s: float = 0.0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss(self) -> int:
-        import psutil
-
-        return int(psutil.Process(self.pid).memory_info().rss)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 60.0) -> int:
-        return self.proc.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 30 s (cleanup only)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
 def server_env(settings: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a server process: ``settings`` as GUARDCAL_* variables, then ``extra``
     (e.g. FAKE_* switches, or GUARDCAL_HOME where the default model is materialised)."""
@@ -172,42 +124,30 @@ def start_server(
     port: int | None = None,
     ready_timeout_s: float = 900.0,
     name: str = "server",
-) -> ServerProcess:
+) -> ServeProcess:
     """Start ``kind`` ("fake" or "transformers") and wait for ``/readyz`` 200."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    if kind == "fake":  # no bundle fits the fake model: a fixed threshold instead
-        settings = {"bundle": "none", "escalate_below": 0.9, **settings}
+    # a fixed threshold instead of a bundle: none fits the fake model, and for the real one this pins the
+    # base model in direct mode (the shipped bundle would bring its own adapter and mode)
+    settings = {"bundle": "none", "escalate_below": 0.9, **settings}
+    if kind == "fake":
         cmd = [sys.executable, str(Path(__file__).resolve()), "serve-fake"]
     elif kind == "transformers":
-        cmd = [sys.executable, "-m", "guardcal.cli", "serve", "--backend", "transformers"]
+        cmd = serve_command("--backend", "transformers")
     else:
         raise ValueError(f"unknown server kind {kind!r}; use 'fake' or 'transformers'")
     environ = server_env({"host": "127.0.0.1", "port": port, **settings}, env)
-    log_path = workdir / f"{name}-{port}.log"
-    t0 = time.perf_counter()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    server = ServerProcess(proc, port, log_path)
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited with {proc.returncode} before it was ready:\n{server.log()}")
-        try:
-            if httpx.get(server.base_url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise TimeoutError(f"{kind} server not ready within {ready_timeout_s} s:\n{server.log()}")
-        time.sleep(0.1)
-    server.started_s = time.perf_counter() - t0
-    return server
+    try:
+        return start_serve(
+            cmd, port, workdir / f"{name}-{port}.log", env=environ, cwd=workdir, ready_timeout_s=ready_timeout_s
+        )
+    except RuntimeError as exc:
+        raise RuntimeError(f"{kind} server: {exc}") from None
 
 
 @contextlib.contextmanager
-def running_server(kind: str, workdir: Path, settings: Mapping[str, Any], **kw: Any) -> Iterator[ServerProcess]:
+def running_server(kind: str, workdir: Path, settings: Mapping[str, Any], **kw: Any) -> Iterator[ServeProcess]:
     server = start_server(kind, workdir, settings, **kw)
     try:
         yield server
@@ -218,7 +158,7 @@ def running_server(kind: str, workdir: Path, settings: Mapping[str, Any], **kw: 
 class RssSampler:
     """Samples a process's resident memory every ``every_s`` seconds in a thread."""
 
-    def __init__(self, server: ServerProcess, every_s: float = 0.2) -> None:
+    def __init__(self, server: ServeProcess, every_s: float = 0.2) -> None:
         self.server, self.every_s = server, every_s
         self.samples: list[int] = []
         self._stop = threading.Event()
@@ -464,7 +404,7 @@ MIB = 1024 * 1024
 
 
 def measure_load(
-    server: ServerProcess,
+    server: ServeProcess,
     texts: Sequence[str],
     *,
     n: int,

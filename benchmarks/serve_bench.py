@@ -4,7 +4,7 @@ Everything is measured in one run, so the ratios hold on a noisy machine:
 
 - **guardcal**: the real server (``python -m guardcal.cli serve``) on 127.0.0.1 with each backend
   (transformers; vllm when ``import vllm`` works in ``--vllm-python``), the default model,
-  non-reasoning mode, the shipped calibration bundle; a bounded number of ``POST /classify``
+  non-reasoning mode, no calibration bundle (a fixed threshold); a bounded number of ``POST /classify``
   requests (inputs drawn from XSTest and the OpenAI Moderation test split, alternating) at
   concurrency 1, 4, 16 and 64: requests/s, p50/p95/p99 latency, peak RSS of the server.
 - **naive baseline**: a plain transformers loop over the same inputs, one request at a time,
@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from guardcal.serve.process import free_port, serve_command
 
 CONCURRENCY = (1, 4, 16, 64)
 #: requests timed at each concurrency (after a short warm-up that is not counted)
@@ -183,12 +184,6 @@ def baseline_results(before: list[float], after: list[float], served: list[float
 # ---------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def backend_available(backend: str, python: str) -> str | None:
     """None when ``python`` can run ``backend``; otherwise why not."""
     if backend == "transformers":
@@ -211,8 +206,10 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{backend}.log"
-        cmd = [python, "-m", "guardcal.cli", "serve", "--backend", backend, "--port", str(self.port)]
-        cmd += ["--bundle", "default", "--outbox", str(workdir / f"outbox-{backend}.sqlite3"), *SERVER_FLAGS]
+        # the base model in direct mode with a fixed threshold: the shipped bundle would bring its adapter and mode
+        outbox = str(workdir / f"outbox-{backend}.sqlite3")
+        flags = ["--backend", backend, "--port", str(self.port), "--bundle", "none", "--escalate-below", "0.9"]
+        cmd = serve_command(*flags, "--outbox", outbox, *SERVER_FLAGS, python=python)
         self.cmd = cmd
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
         self._log = self.log_path.open("w")

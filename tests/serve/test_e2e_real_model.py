@@ -1,60 +1,32 @@
 """`guardcal serve` as a real process on 127.0.0.1 with the transformers backend and the default model."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
+
+from guardcal.serve.process import free_port, serve_command, start_serve
 
 INTERNAL = "internal-key-0123456789"
 CLASSIFY = "classify-key-0123456789"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, default_model):
-    port = _free_port()
+    port = free_port()
     out = tmp_path_factory.mktemp("serve")
     env = {**os.environ, "GUARDCAL_API_KEYS": f"{CLASSIFY}:classify,{INTERNAL}:internal", "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "guardcal.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--bundle",
-        "none",
-        "--outbox",
-        str(out / "outbox.db"),
-        "--escalate-below",
-        "0.99",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(proc.stdout.read())
-        time.sleep(1)
-    yield base
-    proc.terminate()
-    log = proc.communicate(timeout=60)[0]
+    cmd = serve_command(
+        "--port", str(port), "--bundle", "none", "--outbox", str(out / "outbox.db"), "--escalate-below", "0.99"
+    )  # fmt: skip
+    try:
+        proc = start_serve(cmd, port, out / "server.log", env=env, ready_timeout_s=300)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield proc.base_url
+    log = proc.stop()
     # graceful: uvicorn finishes the shutdown, then re-raises SIGTERM (exit -15), as it does by design
-    assert "Application shutdown complete" in log and proc.returncode in (0, -15), log
+    assert "Application shutdown complete" in log and proc.proc.returncode in (0, -15), log
     for line in log.splitlines():
         assert "p_unsafe" not in line and "logit" not in line  # nothing score-like at INFO
 
