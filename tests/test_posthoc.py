@@ -154,9 +154,13 @@ def test_predictions_folder_must_hold_the_fit_set(tmp_path, capsys):
 def test_shipped_default_bundle_matches_the_default_model(data_dir, default_model, tmp_path):
     """If the prompt, label tokens or default model change, the shipped bundle must be refitted."""
     from guardcal.evaluate import load_bundle, open_session
+    from guardcal.models.shipped import shipped_setup
 
-    session = open_session(EvalConfig(datasets=["xstest"], output=tmp_path))
+    setup = shipped_setup()  # the adapter and mode the bundle was fitted for (raises if the adapter is foreign)
+    cfg = EvalConfig(datasets=["xstest"], output=tmp_path, adapter=setup.adapter, reasoning=setup.reasoning)
+    session = open_session(cfg)
     bundle = load_bundle("default")
     session.check_bundle(bundle)  # raises naming the differing field
-    assert bundle.adapter_hash is None and bundle.mode == "direct"
+    assert bundle.mode == ("reasoning" if setup.reasoning else "direct")
+    assert bundle.extra["dtype"] == "float32"  # what the server will run it in
     assert set(bundle.metrics["after"]) == set(EVAL)

@@ -138,7 +138,9 @@ class ServeSettings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=1024, description="most inputs in one request (more: 422)")
     request_timeout_s: float = Field(30.0, gt=0, description="queue wait + scoring; past it the request fails closed")
     queue_size: int = Field(64, ge=1, description="requests admitted at once (queued + scoring); more: 429")
-    max_concurrency: int = Field(4, ge=1, description="requests scored by the backend at once")
+    max_concurrency: int = Field(
+        32, ge=1, description="requests scored by the backend at once (a micro-batch holds at most this many)"
+    )
     vllm_kv_cache_bytes: int = Field(
         1 << 30, ge=1 << 20, description="vllm backend: KV cache size in bytes (bounded; default 1 GiB)"
     )

@@ -44,14 +44,18 @@ def test_safe_and_unsafe_inputs_give_valid_scores(backend):
     assert len(asyncio.run(backend.score([]))) == 0
 
 
-def test_identity_fits_the_shipped_default_bundle(backend):
-    """The default bundle was fitted with the transformers backend; the vllm backend can serve it."""
-    from guardcal.assets import DEFAULT_BUNDLE
+def test_identity_equals_the_transformers_scorers(backend, tmp_path):
+    """Bundles are fitted with the transformers scorer (guardcal calibrate); the vllm backend must report the
+    same identity for the same setting, or it could not serve them (the serve e2e test checks the shipped one)."""
+    from guardcal.evaluate import EvalConfig, open_session
 
     ident = check_identity(backend.identity())
     assert ident["model_id"].startswith("default:") and ident["adapter_hash"] is None and ident["mode"] == "direct"
     assert ident["label_spec"]["labels"] == ["safe", "unsafe"]
-    CalibrationBundle.load(DEFAULT_BUNDLE).check_compatible(**ident)  # raises naming any differing field
+    fitted = open_session(EvalConfig(datasets=["xstest"], output=tmp_path)).identity()
+    assert ident == fitted
+    bundle = CalibrationBundle(method="platt", params={"a_": 1.0, "b_": 0.0}, thresholds={}, metrics={}, **fitted)
+    bundle.check_compatible(**ident)  # raises naming any differing field
 
 
 def test_concurrent_calls_reach_the_engine_together_without_blocking_the_loop(backend):
