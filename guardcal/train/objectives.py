@@ -75,23 +75,6 @@ def zero_at_decision(advantages: torch.Tensor, decision_pos: torch.Tensor, lengt
     return per_token
 
 
-def decision_ce_from_hidden(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    prompt_len: int,
-    decision_pos: torch.Tensor,
-    target: torch.Tensor,
-    label_ids: list[list[int]],
-    variant: str = "full",
-) -> torch.Tensor:
-    """CE at the decision position from the decoder's (B, L, H) hidden states.
-
-    The logits that predict completion token ``d`` come from sequence position
-    ``prompt_len + d - 1``; only those rows go through the LM head.
-    """
-    return decision_loss_from_hidden(lm_head, hidden, prompt_len, decision_pos, target, label_ids, variant, "ce")
-
-
 def decision_loss_from_hidden(
     lm_head: torch.nn.Module,
     hidden: torch.Tensor,
@@ -102,7 +85,11 @@ def decision_loss_from_hidden(
     variant: str = "full",
     loss: str = "ce",
 ) -> torch.Tensor:
-    """``decision_ce_from_hidden`` with any loss of ``DECISION_LOSSES`` (``ce`` or ``brier``)."""
+    """A loss of ``DECISION_LOSSES`` (``ce`` or ``brier``) at the decision position, from (B, L, H) hidden states.
+
+    The logits that predict completion token ``d`` come from sequence position
+    ``prompt_len + d - 1``; only those rows go through the LM head.
+    """
     if loss not in DECISION_LOSSES:
         raise ValueError(f"unknown decision loss {loss!r}; use one of {sorted(DECISION_LOSSES)}")
     rows = torch.nonzero(decision_pos >= 0).view(-1)

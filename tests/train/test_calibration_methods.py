@@ -72,9 +72,8 @@ def test_decision_loss_from_hidden_brier_reads_the_decision_row():
     got = obj.decision_loss_from_hidden(torch.nn.Identity(), hidden, 2, pos, target, [[0], [1]], "full", "brier")
     assert got.item() == pytest.approx(((0.2**2 + 0.4**2) + (0.2**2 + 0.2**2)) / 2)
     ce = obj.decision_loss_from_hidden(torch.nn.Identity(), hidden, 2, pos, target, [[0], [1]], "full", "ce")
-    assert ce.item() == pytest.approx(
-        obj.decision_ce_from_hidden(torch.nn.Identity(), hidden, 2, pos, target, [[0], [1]]).item()
-    )
+    # row 0 correct: -log p(gold = 1) = -log 0.6; row 1 wrong: uniform target over p = (0.3, 0.3) → -log 0.3
+    assert ce.item() == pytest.approx((-math.log(0.6) - math.log(0.3)) / 2)
     with pytest.raises(ValueError, match="unknown decision loss"):
         obj.decision_loss_from_hidden(torch.nn.Identity(), hidden, 2, pos, target, [[0], [1]], "full", "hinge")
 

@@ -111,7 +111,7 @@ def test_ce_gradient_reaches_lora_weights(default_model):
     hook = decoder.register_forward_hook(lambda _m, _i, o: captured.append(o[0]))
     model(torch.cat([prompt, completion], 1))
     hook.remove()
-    ce = obj.decision_ce_from_hidden(
+    ce = obj.decision_loss_from_hidden(
         model.get_base_model().get_output_embeddings(),
         captured[-1],
         prompt.size(1),
