@@ -40,3 +40,26 @@ def default_model():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def tokenizer(default_model):  # type: ignore[no-untyped-def]
     return default_model.tokenizer
+
+
+@pytest.fixture(scope="session")
+def launch_serve():  # type: ignore[no-untyped-def]
+    """Start a real ``guardcal serve`` on a free 127.0.0.1 port, its outbox and log in ``workdir``.
+
+    ``keys`` become GUARDCAL_API_KEYS, ``env`` is added to the environment and the names in
+    ``drop`` removed from it; a server that does not become ready fails the test with its log.
+    """
+    from guardcal.serve.process import free_port, serve_command, start_serve
+
+    def launch(workdir: Path, *flags: str, keys: str, env=None, drop=(), ready_timeout_s=600.0):  # type: ignore[no-untyped-def]
+        port = free_port()
+        environ = {**os.environ, "GUARDCAL_API_KEYS": keys, "HF_HUB_OFFLINE": "1", **(env or {})}
+        for name in drop:
+            environ.pop(name, None)
+        cmd = serve_command("--port", str(port), "--outbox", str(workdir / "outbox.db"), *flags)
+        try:
+            return start_serve(cmd, port, workdir / "server.log", env=environ, ready_timeout_s=ready_timeout_s)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+
+    return launch

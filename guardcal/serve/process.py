@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +109,3 @@ def start_serve(
         time.sleep(0.2)
     server.started_s = time.perf_counter() - t0
     return server
-
-
-@contextlib.contextmanager
-def running_serve(cmd: Sequence[str], port: int, log_path: Path, **kw: object) -> Iterator[ServeProcess]:
-    """:func:`start_serve` as a context manager that always stops the server."""
-    server = start_serve(cmd, port, log_path, **kw)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        server.stop()

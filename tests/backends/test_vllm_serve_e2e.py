@@ -6,13 +6,10 @@ reasoning budget it was fitted for), which was fitted with the transformers back
 accepted by the vllm backend's identity.
 """
 
-import os
 import time
 
 import httpx
 import pytest
-
-from guardcal.serve.process import free_port, serve_command, start_serve
 
 CLASSIFY = "classify-key-0123456789"
 INTERNAL = "internal-key-0123456789"
@@ -21,18 +18,12 @@ ACTIONS = {("safe", "allow"), ("unsafe", "block"), ("safe", "escalate"), ("unsaf
 
 
 @pytest.fixture(scope="module")
-def server(vllm_env):
-    port = free_port()
-    env = {**os.environ, "GUARDCAL_API_KEYS": f"{CLASSIFY}:classify,{INTERNAL}:internal", "HF_HUB_OFFLINE": "1"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    cmd = serve_command(
-        "--backend", "vllm", "--port", str(port), "--dtype", "float32", "--vllm-kv-cache-bytes", str(256 << 20),
-        "--bundle", "default", "--outbox", str(vllm_env / "outbox.db"),
+def server(vllm_env, launch_serve):
+    proc = launch_serve(
+        vllm_env, "--backend", "vllm", "--dtype", "float32", "--vllm-kv-cache-bytes", str(256 << 20),
+        "--bundle", "default",
+        keys=f"{CLASSIFY}:classify,{INTERNAL}:internal", drop=("VLLM_ENABLE_V1_MULTIPROCESSING",),
     )  # fmt: skip
-    try:
-        proc = start_serve(cmd, port, vllm_env / "server.log", env=env)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
     print(f"\nguardcal serve --backend vllm ready in {proc.started_s:.1f} s")
     yield proc.base_url
     log = proc.stop(timeout_s=120)

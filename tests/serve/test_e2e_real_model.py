@@ -1,28 +1,18 @@
 """`guardcal serve` as a real process on 127.0.0.1 with the transformers backend and the default model."""
 
-import os
-
 import httpx
 import pytest
-
-from guardcal.serve.process import free_port, serve_command, start_serve
 
 INTERNAL = "internal-key-0123456789"
 CLASSIFY = "classify-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, default_model):
-    port = free_port()
-    out = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "GUARDCAL_API_KEYS": f"{CLASSIFY}:classify,{INTERNAL}:internal", "HF_HUB_OFFLINE": "1"}
-    cmd = serve_command(
-        "--port", str(port), "--bundle", "none", "--outbox", str(out / "outbox.db"), "--escalate-below", "0.99"
+def server(tmp_path_factory, default_model, launch_serve):
+    proc = launch_serve(
+        tmp_path_factory.mktemp("serve"), "--bundle", "none", "--escalate-below", "0.99",
+        keys=f"{CLASSIFY}:classify,{INTERNAL}:internal", ready_timeout_s=300,
     )  # fmt: skip
-    try:
-        proc = start_serve(cmd, port, out / "server.log", env=env, ready_timeout_s=300)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
     yield proc.base_url
     log = proc.stop()
     # graceful: uvicorn finishes the shutdown, then re-raises SIGTERM (exit -15), as it does by design

@@ -8,7 +8,6 @@ bundle) on a free 127.0.0.1 port posts to a real HTTP receiver that this test ru
 import hashlib
 import hmac
 import json
-import os
 import re
 import threading
 import time
@@ -17,8 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-
-from guardcal.serve.process import free_port, serve_command, start_serve
 
 INTERNAL = "internal-key-escalate-0123456789"
 CLASSIFY = "classify-key-escalate-0123456789"
@@ -76,19 +73,13 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, receiver, default_model):
-    port = free_port()
-    out = tmp_path_factory.mktemp("escalate")
-    env = {**os.environ, "GUARDCAL_API_KEYS": f"{CLASSIFY}:classify,{INTERNAL}:internal", "HF_HUB_OFFLINE": "1"}
-    env["GUARDCAL_WEBHOOK_SECRET"] = SECRET
-    cmd = serve_command(
-        "--port", str(port), "--bundle", "default", "--outbox", str(out / "outbox.db"), "--escalate-below", "1.0",
-        "--webhook-url", receiver.url, "--hook-retry-base-s", "0.2", "--hook-retry-max-s", "1",
+def server(tmp_path_factory, receiver, default_model, launch_serve):
+    proc = launch_serve(
+        tmp_path_factory.mktemp("escalate"),
+        "--bundle", "default", "--escalate-below", "1.0", "--webhook-url", receiver.url,
+        "--hook-retry-base-s", "0.2", "--hook-retry-max-s", "1",
+        keys=f"{CLASSIFY}:classify,{INTERNAL}:internal", env={"GUARDCAL_WEBHOOK_SECRET": SECRET}, ready_timeout_s=300,
     )  # fmt: skip
-    try:
-        proc = start_serve(cmd, port, out / "server.log", env=env, ready_timeout_s=300)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
     yield proc.base_url
     log = proc.stop()
     assert "Application shutdown complete" in log and proc.proc.returncode in (0, -15), log
