@@ -97,8 +97,7 @@ class ForcedDecisionRollout:
     def _sample_next(
         self, prefixes: list[list[int]], model: Any, tok: Any
     ) -> tuple[list[int], list[float], dict[str, list[Any]]]:
-        batch = _left_pad(prefixes, tok.pad_token_id, model)
-        logits = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
+        logits = last_position_logits(prefixes, model, tok.pad_token_id)
         logp = torch.log_softmax(logits / max(self.temperature, 1e-6), dim=-1)
         picks = torch.multinomial(logp.exp(), 1).view(-1)
         readings = self._readings(logits, picks) if self.label_ids is not None else {}
@@ -116,6 +115,12 @@ class ForcedDecisionRollout:
         inside = torch.logsumexp(raw.masked_fill(~own, float("-inf")), dim=-1)
         outside = torch.logsumexp(raw.masked_fill(own, float("-inf")), dim=-1)
         return {"decision_label_logprobs": label_lp.tolist(), "decision_logit": (inside - outside).tolist()}
+
+
+def last_position_logits(seqs: list[list[int]], model: Any, pad_id: int) -> torch.Tensor:
+    """The float logits at each sequence's last token (one left-padded forward pass)."""
+    batch = _left_pad(seqs, pad_id, model)
+    return model(**batch, logits_to_keep=1).logits[:, -1, :].float()
 
 
 def _cut(ids: list[int], stops: set[int], tok: Any) -> list[int]:
