@@ -39,14 +39,17 @@ REASONING_RULE = (
 )
 
 _TAG = re.compile(r"<(?=\s*/?\s*think)", re.IGNORECASE)
+_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\u0085\u2028\u2029"}
 
 
 def quote_input(text: str) -> str:
     """Encode ``text`` as one JSON string literal that cannot break the prompt."""
     encoded = json.dumps(text, ensure_ascii=False)
-    # JSON-valid escape of '<' before think tags; also escape U+2028/9 line breaks.
+    # JSON-valid escape of '<' before think tags; json.dumps escapes the C0 controls, and the
+    # line breaks it leaves raw (NEL, U+2028/9: str.splitlines and some renderers break there)
+    # are escaped too, so the input is one line for every reader.
     encoded = _TAG.sub(r"\\u003c", encoded)
-    return encoded.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return encoded.translate(_LINE_BREAKS)
 
 
 @dataclass(frozen=True)
