@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from guardcal.errors import ConfigError
+from guardcal.errors import ConfigError, ModelError
 
 METHODS = ("sft", "grpo", "cal-grpo", "rlcr", "capo")
 ADVANTAGES = ("auto", "beta", "group", "pairwise")
@@ -44,6 +44,11 @@ class TrainConfig:
     method: str = _f("cal-grpo", f"training method: one of {METHODS}")
     output: str = _f("", "output folder: adapter, resolved config, split manifest, log.jsonl, checkpoints")
     model: str = _f("default", "'default' (embedded SmolLM2-135M-Instruct), a local folder or a HF id")
+    adapter: str | None = _f(
+        None,
+        "start from this PEFT adapter (a folder from guardcal train, or 'default' = the shipped one) instead "
+        "of a fresh LoRA; the adapter's own rank, alpha and targets then apply (the lora_* fields are ignored)",
+    )
     profile: str = _f("cpu-small", f"hyper-parameter profile: {PROFILES}; explicit fields override it")
     data_dir: str | None = _f(None, "data root (default: $GUARDCAL_DATA_DIR)")
     train_dataset: str = _f("openai-moderation:train", "training set (any guardcal dataset key)")
@@ -111,6 +116,13 @@ class TrainConfig:
         _choice("capo_score", self.capo_score, CAPO_SCORES)
         self._check_advantage()
         self._check_capo()
+        if self.adapter is not None:
+            from guardcal.models.loading import check_adapter_dir
+
+            try:
+                check_adapter_dir(self.adapter)
+            except ModelError as exc:
+                raise ConfigError(f"--adapter {self.adapter}: {exc}") from exc
         if self.lambda_ce < 0:
             raise ConfigError(f"lambda_ce must be >= 0 (it weighs a loss), got {self.lambda_ce}")
         for name in ("per_device_batch", "grad_accum", "num_generations", "lora_r", "max_input_tokens"):

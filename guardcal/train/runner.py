@@ -45,15 +45,20 @@ def latest_checkpoint(output: Path) -> str | None:
 
 
 def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[Any]) -> Any:
+    """The TRL trainer for ``cfg.method``; a base ``model`` gets a fresh LoRA, a PeftModel trains its adapter."""
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
 
-    peft_config = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
-        task_type="CAUSAL_LM",
+    peft_config = (
+        None
+        if isinstance(model, PeftModel)
+        else LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets),
+            task_type="CAUSAL_LM",
+        )
     )
     spec = LabelSpec.from_tokenizer(tokenizer)
     template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
@@ -128,6 +133,12 @@ def run_training(cfg: TrainConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=torch.float32)
+    if cfg.adapter is not None:  # continue training an adapter (e.g. cal-grpo on top of sft, or the shipped one)
+        from peft import PeftModel
+
+        from guardcal.models.loading import check_adapter_dir
+
+        model = PeftModel.from_pretrained(model, str(check_adapter_dir(cfg.adapter)), is_trainable=True)
     log = JsonlLog(out / "log.jsonl")
     template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
     eval_examples = load_dataset(cfg.eval_dataset, cfg.data_dir)[: cfg.eval_limit] if cfg.eval_limit else []

@@ -32,6 +32,7 @@ def test_profiles_and_overrides(tmp_path):
         ({"advantage": "ppo"}, "unknown advantage"),
         ({"ce_variant": "x"}, "unknown ce_variant"),
         ({"lora_dropout": 1.5}, "lora_dropout"),
+        ({"adapter": "/nonexistent/adapter"}, "--adapter /nonexistent/adapter: .*not a PEFT adapter folder"),
     ],
 )
 def test_bad_configs_fail_clearly(fields, match):

@@ -100,3 +100,24 @@ def test_two_steps_of_calibration_methods(name, fields, tmp_path, data_dir, defa
             assert r["capo/score_mean"] < 0.0  # mean token log-prob of the response
         # before the first update the LoRA B matrices are 0: policy and frozen reference agree
         assert steps[0]["capo/score_mean"] == pytest.approx(steps[0]["capo/ref_mean_logp"], abs=1e-4)
+
+
+@pytest.mark.timeout(900)
+def test_training_continues_from_an_adapter(tmp_path, data_dir, default_model):
+    """--adapter DIR: cal-grpo trains the given adapter (its rank, its weights), not a fresh LoRA."""
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "sft", tmp_path / "cal-grpo"
+    common = {**TINY, "max_steps": 1, "data_dir": str(data_dir)}
+    run_training(build_config({**common, "method": "sft", "output": str(first), "learning_rate": 1e-2}))
+    cfg = {**common, "method": "cal-grpo", "output": str(second), "adapter": str(first), "lora_r": 8}
+    run_training(build_config(cfg))
+    assert json.loads((second / "adapter_config.json").read_text())["r"] == TINY["lora_r"]  # the adapter's, not 8
+    assert json.loads((second / "train_config.json").read_text())["adapter"] == str(first)
+    w1, w2 = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    b_keys = [k for k in w1 if "lora_B" in k]
+    start = sum(float(w1[k].norm()) for k in b_keys)
+    moved = sum(float((w2[k] - w1[k]).norm()) for k in b_keys)
+    assert start > 0 and moved < 0.5 * start  # it started from the first adapter (a fresh LoRA starts at B = 0)
+    assert any(not (w2[k] == w1[k]).all() for k in w1)  # and it trained
