@@ -190,7 +190,7 @@ grep -E '^Step [0-9]+/|installed torch|^Successfully' "$WORK/build.log" || true
 IMAGE_BYTES=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
 IMAGE_MB=$(awk -v b="$IMAGE_BYTES" 'BEGIN {printf "%.0f", b/1e6}')
 echo "built $IMAGE in $(($(date +%s) - build_start)) s: $IMAGE_MB MB"
-"$DOCKER" history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | cut -c1-110 | head -12
+"$DOCKER" history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | cut -c1-110 | head -12 || true  # display only: a SIGPIPE here must not fail the check
 
 # ---------------------------------------------------------------- 5. run and check
 step "run: --memory $MEMORY --cpus $CPUS --read-only --cap-drop ALL, port on 127.0.0.1 only"
@@ -247,10 +247,13 @@ step "stop (SIGTERM, graceful drain)"
 stop_start=$(date +%s)
 "$DOCKER" stop -t 60 "$CONTAINER" >/dev/null
 exit_code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$CONTAINER")
-"$DOCKER" logs "$CONTAINER" 2>&1 | tail -4
+# read the log once: `docker logs | grep -q` fails under pipefail when grep exits at the first match
+# and docker logs then dies of SIGPIPE (it failed CI that way with the line present)
+final_log=$("$DOCKER" logs "$CONTAINER" 2>&1)
+tail -4 <<<"$final_log"
 # 0, or 143 when uvicorn re-raises SIGTERM after its shutdown; 137 would be docker's SIGKILL
 case "$exit_code" in 0 | 143) ;; *) die "the server exited with $exit_code on SIGTERM (expected 0 or 143)" ;; esac
-"$DOCKER" logs "$CONTAINER" 2>&1 | grep -q "Application shutdown complete" || die "no graceful shutdown in the log"
+grep -q "Application shutdown complete" <<<"$final_log" || die "no graceful shutdown in the log"
 echo "graceful shutdown in $(($(date +%s) - stop_start)) s (exit $exit_code)"
 
 step "summary"
