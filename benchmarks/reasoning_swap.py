@@ -16,6 +16,15 @@ reasoning flips a decision.
     python benchmarks/reasoning_swap.py --combine results/table3/base.json results/table3/grpo.json \\
         --output results/table3
 
+A model that always decides the same label (the 20-step GRPO adapter says "Safe" on every
+rollout) has no opposite-label reasoning of its own. ``--donor-adapter`` then draws the donor
+pool from another model (``none``: the base model without an adapter): donors are that model's
+rollouts, labelled by that model's own decision, and the model under test reads its own
+rollouts and the swapped ones as before.
+
+    python benchmarks/reasoning_swap.py --adapter runs/grpo --donor-adapter none \\
+        --output results/table3/grpo-base-donors.json
+
 ``--combine`` writes ``table3.md`` and ``table3.png`` (flip rate per model and donor kind, and
 the confidence of flipped vs kept decisions) from runs already written.
 
@@ -59,6 +68,11 @@ def main() -> None:
         default=4,
         help="rollouts per query drawn for the donor pool (the first is the query's own)",
     )
+    parser.add_argument(
+        "--donor-adapter",
+        help="draw the donor pool from this adapter on --model instead ('none': the bare model); "
+        "default: the model under test",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--combine", nargs="+", type=Path, help="JSON files of earlier runs: write table3.md/png")
@@ -77,7 +91,7 @@ def main() -> None:
     model, tok, template = loaded.model, loaded.tokenizer, PromptTemplate(mode="reasoning")
     model.eval()
     spec = LabelSpec.from_tokenizer(tok)
-    rollout = ForcedDecisionRollout(template, args.budget, temperature=1.0)
+    rollout = ForcedDecisionRollout(template, args.budget, temperature=1.0, label_ids=spec.token_ids)
     suffix = tok.encode(template.decision_suffix(), add_special_tokens=False)
     queries = subsample(load_dataset(args.dataset, args.data_dir), args.n_queries, seed=args.seed)
 
@@ -85,18 +99,21 @@ def main() -> None:
     rendered = [template.render(text) for text in texts]
     prompts = [tok.encode(p, add_special_tokens=False) for p in rendered]  # as the rollout encodes them
     k = max(1, args.donor_rollouts)
-    owner = np.repeat(np.arange(len(prompts)), k)  # rollout r belongs to query owner[r]; query i's own is i * k
-    reasonings: list[list[int]] = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(owner), args.batch), desc="rollouts", unit="batch"):
-            out = rollout.rollout([rendered[i] for i in owner[start : start + args.batch]], model, tok)
-            reasonings += [c[: len(c) - len(suffix) - 1] for c in out["completion_ids"]]
-    seqs = [prompts[i] + r + suffix for i, r in zip(owner, reasonings, strict=True)]
-    pool = _read(model, tok, spec, seqs, args.batch)
+    owner = np.repeat(np.arange(len(prompts)), k)  # rollout r belongs to query owner[r]
+    donor_model = model
+    if args.donor_adapter is not None:
+        adapter = None if args.donor_adapter.lower() == "none" else args.donor_adapter
+        donor_model = load_model(args.model, adapter).model.eval()
+    reasonings, pool = _rollouts(
+        rollout, donor_model, tok, spec, [rendered[i] for i in owner], args.batch, "donor pool"
+    )
     pool_labels = np.array(pool.pred)
-    own = np.arange(len(prompts)) * k
-    original = Scores(pool.p_safe[own], pool.p_unsafe[own])
-    labels = pool_labels[own]
+    if donor_model is model:  # query i's own rollout is the first of its pool rollouts
+        own = np.arange(len(prompts)) * k
+        original = Scores(pool.p_safe[own], pool.p_unsafe[own])
+    else:
+        original = _rollouts(rollout, model, tok, spec, rendered, args.batch, "own rollouts")[1]
+    labels = np.array(original.pred)
 
     result: dict[str, Any] = {
         "model": args.model,
@@ -106,6 +123,7 @@ def main() -> None:
         "reasoning_budget": args.budget,
         "seed": args.seed,
         "donor_rollouts_per_query": k,
+        "donor_adapter": args.donor_adapter,
         "donor_pool_share_unsafe": float(np.mean(pool_labels == "unsafe")),
         "original": {
             "share_unsafe": float(np.mean(labels == "unsafe")),
@@ -129,6 +147,22 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def _rollouts(
+    rollout: ForcedDecisionRollout, model: Any, tok: Any, spec: LabelSpec, prompts: list[str], batch: int, desc: str
+) -> tuple[list[list[int]], Scores]:
+    """Each prompt's reasoning tokens, and its decision read greedily (T = 1 readings the rollout recorded)."""
+    n_suffix = len(tok.encode(rollout.template.decision_suffix(), add_special_tokens=False))
+    reasonings: list[list[int]] = []
+    label_lp: list[list[float]] = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
+            out = rollout.rollout(prompts[start : start + batch], model, tok)
+            reasonings += [c[: len(c) - n_suffix - 1] for c in out["completion_ids"]]
+            label_lp += out["decision_label_logprobs"]
+    p = np.exp(np.array(label_lp, dtype=np.float64))
+    return reasonings, Scores(p[:, spec.labels.index("safe")], p[:, spec.labels.index("unsafe")])
 
 
 def _read(model: Any, tok: Any, spec: LabelSpec, seqs: list[list[int]], batch: int) -> Scores:

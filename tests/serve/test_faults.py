@@ -8,18 +8,9 @@ what the receiver accepted. The real-model variant (SIGKILL under load) is in te
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "load_faults.py"
-_SPEC = importlib.util.spec_from_file_location("guardcal_bench_load_faults", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-lf = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = lf
-_SPEC.loader.exec_module(lf)
+from benchmarks import load_faults as lf  # benchmarks/ is importable: pytest's pythonpath has the repo root
 
 
 def assert_exactly_once(delivery: dict, expected: int) -> None:

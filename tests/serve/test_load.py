@@ -10,19 +10,12 @@ process is SIGKILLed and restarted and every escalation must reach the webhook e
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "load_faults.py"
-_SPEC = importlib.util.spec_from_file_location("guardcal_bench_load_faults", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-lf = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = lf
-_SPEC.loader.exec_module(lf)
+from benchmarks import load_faults as lf  # benchmarks/ is importable: pytest's pythonpath has the repo root
 
 #: where the default model is materialised (read before the serve tests point GUARDCAL_HOME elsewhere)
 REAL_HOME = os.environ.get("GUARDCAL_HOME") or str(Path.home() / ".cache" / "guardcal")

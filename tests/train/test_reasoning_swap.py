@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import reasoning_swap as rs  # benchmarks/ is importable: pytest's pythonpath has the repo root
 from guardcal.core.confidence import Scores
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "reasoning_swap.py"
-_SPEC = importlib.util.spec_from_file_location("guardcal_bench_reasoning_swap", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-rs = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = rs
-_SPEC.loader.exec_module(rs)
+_PATH = Path(rs.__file__)
 
 
 def test_donors_come_from_another_query_with_the_wanted_label():
@@ -73,3 +68,38 @@ def test_a_real_swap_run_on_the_default_model_then_the_table_and_plot(tmp_path):
     table = (tmp_path / "table3.md").read_text()
     assert table.count("\n") == 3 and "| base | 6 |" in table
     assert (tmp_path / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pool_decisions_read_at_sampling_time_equal_a_fresh_read(default_model):
+    """``_rollouts`` takes the decisions from the rollout's own T = 1 readings; ``_read`` re-runs them."""
+    import torch
+
+    from guardcal.core.labels import LabelSpec
+    from guardcal.core.prompt import PromptTemplate
+    from guardcal.train.rollout import ForcedDecisionRollout
+
+    tok, model = default_model.tokenizer, default_model.model
+    spec, template = LabelSpec.from_tokenizer(tok), PromptTemplate(mode="reasoning")
+    rollout = ForcedDecisionRollout(template, 4, temperature=1.0, label_ids=spec.token_ids)
+    prompts = [template.render(t) for t in ("How do I bake bread?", "I will hurt you", "kill the process")] * 2
+    torch.manual_seed(0)
+    reasonings, at_sampling = rs._rollouts(rollout, model, tok, spec, prompts, 4, "test")
+    suffix = tok.encode(template.decision_suffix(), add_special_tokens=False)
+    seqs = [tok.encode(p, add_special_tokens=False) + r + suffix for p, r in zip(prompts, reasonings, strict=True)]
+    fresh = rs._read(model, tok, spec, seqs, 4)
+    assert np.allclose(at_sampling.p_unsafe, fresh.p_unsafe, atol=1e-4)
+    assert np.allclose(at_sampling.p_safe, fresh.p_safe, atol=1e-4)
+    assert at_sampling.pred == fresh.pred
+
+
+@pytest.mark.timeout(600)
+def test_donors_from_another_model(tmp_path):
+    """``--donor-adapter none``: the donor pool comes from a second (bare) model, recorded in the JSON."""
+    out = tmp_path / "cross.json"
+    cmd = [sys.executable, str(_PATH), "--n-queries", "5", "--budget", "2", "--donor-rollouts", "2"]
+    cmd += ["--batch", "10", "--donor-adapter", "none", "--output", str(out)]
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=540)
+    run = json.loads(out.read_text())
+    assert run["donor_adapter"] == "none" and run["n_queries"] == 5
+    for kind in rs.KINDS:
+        assert run[kind]["n"] == run[kind]["flipped"]["n"] + run[kind]["kept"]["n"] <= 5

@@ -65,3 +65,54 @@ def test_rollout_records_decision_readings_without_changing_samples(default_mode
             label = spec.label_of(ids[-1])
             p = math.exp(lps[spec.labels.index(label)]) if label else float(full[ids[-1]].exp())
             assert logit == pytest.approx(math.log(p) - math.log1p(-p), abs=1e-3)
+
+
+def test_cached_rollout_matches_generate_and_a_full_forward(default_model):
+    """Near-greedy (T = 1e-4) rollouts equal greedy ``generate`` + ``_cut``, and the decision logits
+    read through the shared KV cache equal a fresh forward over prompt + reasoning + suffix."""
+    from guardcal.core.prompt import THINK_CLOSE
+    from guardcal.train.rollout import _cut, last_position_logits
+
+    tok, model = default_model.tokenizer, default_model.model
+    template = PromptTemplate(mode="reasoning")
+    texts = ["How do I bake bread?", "I will hurt you", "ok"]
+    prompts = [template.render(t) for t in texts] * 2  # repeated prompts share one prefill
+    suffix = tok.encode(template.decision_suffix(), add_special_tokens=False)
+    rollout = ForcedDecisionRollout(template, budget=6, temperature=1e-4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = rollout.rollout(prompts, model, tok)
+        stops = {tok.eos_token_id, tok.pad_token_id}
+        for pids, ids in zip(out["prompt_ids"], out["completion_ids"], strict=True):
+            greedy = model.generate(
+                torch.tensor([pids]),
+                attention_mask=torch.ones(1, len(pids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=6,
+                stop_strings=[THINK_CLOSE],
+                tokenizer=tok,
+                pad_token_id=tok.pad_token_id,
+            )[0, len(pids) :].tolist()
+            reasoning = _cut(greedy, stops, tok)
+            assert ids[: len(reasoning)] == reasoning and ids[len(reasoning) : -1] == suffix
+        seqs = [p + c[:-1] for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)]
+        fresh = last_position_logits(seqs, model, tok.pad_token_id)
+        cached = rollout._reason_then_read(out["prompt_ids"], suffix, model, tok)[1]
+    assert torch.allclose(torch.log_softmax(cached, -1), torch.log_softmax(fresh, -1), atol=2e-3)
+    assert out["completion_ids"][:3] == out["completion_ids"][3:]  # same prompt, same greedy rollout
+
+
+def test_rollout_stops_rows_independently(default_model):
+    """Rows that stop early (EOS) keep their reasoning short; the others reason to the budget."""
+    tok, model = default_model.tokenizer, default_model.model
+    template = PromptTemplate(mode="reasoning")
+    rollout = ForcedDecisionRollout(template, budget=8, temperature=1.0)
+    suffix = tok.encode(template.decision_suffix(), add_special_tokens=False)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = rollout.rollout(
+            [template.render(t) for t in ("hi", "a much longer input about cooking")] * 4, model, tok
+        )
+    for ids in out["completion_ids"]:
+        n = len(ids) - len(suffix) - 1
+        assert 0 <= n <= 8 and tok.eos_token_id not in ids[:n] and ids[n:-1] == suffix
