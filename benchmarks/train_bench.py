@@ -6,9 +6,12 @@ same LoRA initialisation) each compute the loss and its backward pass on exactly
 that batch, interleaved, ``--repeats`` times. Their ratio is cal-GRPO's overhead
 (the decision-position hook, one (n, V) LM-head matmul, the CE term); the target is
 <= 1.05. SFT is timed on one batch of its own (decision-token loss, direct prompt).
-The rollout generation is timed too, since it is part of every GRPO step.
+The rollout generation is timed too, since it is part of every GRPO step: guardcal's rollout
+(one prefill per distinct prompt, one KV cache through the reasoning and the forced decision read)
+against the obvious way, kept here as the baseline: ``model.generate`` for the reasoning, then a
+fresh forward over prompt + reasoning + suffix for the decision (what guardcal did before).
 
-    python benchmarks/train_bench.py [--quick] --output benchmarks/results/train_bench.json
+    python benchmarks/train_bench.py [--quick] [--rollout-only] --output benchmarks/results/train_bench.json
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from typing import Any
 
 import torch
 from trl.trainer.utils import split_tensor_dict
+
+from guardcal.core.prompt import THINK_CLOSE
+from guardcal.train.rollout import ForcedDecisionRollout, _cut, _left_pad, last_position_logits
 
 
 def _build(method: str, output: Path, data_dir: str | None, seed: int) -> tuple[Any, Any]:
@@ -48,6 +54,54 @@ def _build(method: str, output: Path, data_dir: str | None, seed: int) -> tuple[
     return cfg, trainer
 
 
+class GenerateThenForward(ForcedDecisionRollout):
+    """The baseline rollout: ``generate`` every row's reasoning (prompt prefilled once per row), then
+    re-run the whole sequence for the decision position. Same sampling distribution as guardcal's."""
+
+    def _reason_then_read(
+        self, prompt_ids: list[list[int]], suffix: list[int], model: Any, tok: Any
+    ) -> tuple[list[list[int]], torch.Tensor]:
+        batch = _left_pad(prompt_ids, tok.pad_token_id, model)
+        batch.pop("position_ids")
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=self.budget,
+            stop_strings=[THINK_CLOSE],
+            tokenizer=tok,
+            pad_token_id=tok.pad_token_id,
+        )
+        stops = {tok.eos_token_id, tok.pad_token_id}
+        reasoning = [_cut(ids, stops, tok) for ids in out[:, batch["input_ids"].shape[1] :].tolist()]
+        seqs = [p + r + suffix for p, r in zip(prompt_ids, reasoning, strict=True)]
+        return reasoning, last_position_logits(seqs, model, tok.pad_token_id)
+
+
+def _time_rollouts(trainer: Any, rows: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """guardcal's cached rollout vs generate-then-forward on the same prompts, interleaved (median seconds)."""
+    cached = trainer.rollout_func
+    baseline = GenerateThenForward(cached.template, cached.budget, cached.temperature, cached.label_ids)
+    prompts = [r["prompt"] for r in rows]
+    times: dict[str, list[float]] = {"cached": [], "generate_then_forward": []}
+    for i in range(repeats + 1):  # the first round is a warm-up
+        for name, rollout in (("cached", cached), ("generate_then_forward", baseline)):
+            torch.manual_seed(i)
+            started = time.perf_counter()
+            rollout(prompts, trainer)
+            if i:
+                times[name].append(time.perf_counter() - started)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "rollouts": len(prompts),
+        "seconds": {k: round(v, 3) for k, v in med.items()},
+        "speedup": round(med["generate_then_forward"] / med["cached"], 2),
+        "all_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+    }
+
+
 def _loss_and_backward(trainer: Any, micro_batches: list[dict[str, Any]]) -> float:
     """One optimiser step's worth of work: loss + backward over every micro-batch."""
     trainer.model.zero_grad(set_to_none=True)
@@ -65,6 +119,15 @@ def _stage(name: str) -> None:
     print(f"[train_bench] {name} (peak RSS so far {peak:.1f} GiB)", flush=True)
 
 
+def _machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
 def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
@@ -78,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 timed repeats instead of --repeats")
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--rollout-only", action="store_true", help="time the two rollout implementations only")
     parser.add_argument("--data-dir", default=os.environ.get("GUARDCAL_DATA_DIR"))
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, default=Path("out/train_bench"))
@@ -85,11 +149,18 @@ def main() -> None:
     repeats = 2 if args.quick else args.repeats
 
     cal_cfg, cal = _build("cal-grpo", args.workdir, args.data_dir, seed=0)
-    _, grpo = _build("grpo", args.workdir, args.data_dir, seed=0)
-    _stage("built the grpo and cal-grpo trainers")
+    _stage("built the cal-grpo trainer")
     group = cal_cfg.num_generations
     n_prompts = cal_cfg.per_device_batch * cal_cfg.grad_accum // group
     rows = _grpo_rows(cal, n_prompts, group)
+    rollout = _time_rollouts(cal, rows, repeats)
+    _stage(f"rollouts: {json.dumps(rollout)}")
+    if args.rollout_only:
+        result = {"rollout": rollout, "machine": _machine(), "profile": cal_cfg.profile}
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
 
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -97,6 +168,7 @@ def main() -> None:
     generate_s = time.perf_counter() - started
     tokens = int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
     micro = split_tensor_dict(inputs, cal_cfg.grad_accum)  # what TRL feeds compute_loss, one per accumulation step
+    _, grpo = _build("grpo", args.workdir, args.data_dir, seed=0)
 
     _stage(f"generated {len(rows)} rollouts in {generate_s:.1f} s")
     times: dict[str, list[float]] = {"grpo": [], "cal-grpo": []}
@@ -132,12 +204,8 @@ def main() -> None:
         "ratio_cal_grpo_vs_grpo": round(med["cal-grpo"] / med["grpo"], 4),
         "target_ratio": 1.05,
         "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
-        "machine": {
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-        },
+        "rollout": rollout,
+        "machine": _machine(),
         "profile": sft_cfg.profile,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
