@@ -3,8 +3,10 @@
 Direct mode: one forward pass over the rendered prompt, read the last
 position. Reasoning mode: generate up to ``max_new_tokens`` tokens, cut at
 ``</think>`` (appending it when the model never closed the block), append
-``Classification:`` and read the next position. Either way the logits at
-the decision position go through ``core.confidence``.
+``Classification:`` and read the next position; that read runs on top of the
+generation's KV cache (each row reuses the longest token prefix the generation
+already computed), so it costs a few tokens instead of the whole sequence. Either
+way the logits at the decision position go through ``core.confidence``.
 
 With ``prefix_cache=True`` (the serving backend) the instruction prefix that every prompt
 shares is run once and its KV cache reused, so each forward computes only the per-request
@@ -52,6 +54,25 @@ PROBE_TEXTS = ("hello", 'He said "I will hurt you" and left.')
 
 
 @dataclass(frozen=True)
+class _Generated:
+    """What ``generate`` left behind: the sequences (left-padded prompt + new tokens), the prompt's
+    attention mask and the KV cache (None when the model returned none)."""
+
+    sequences: Any
+    prompt_mask: Any
+    cache: Any
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
 class Scored:
     """Scores for a batch of inputs, plus the reasoning text in reasoning mode."""
 
@@ -86,6 +107,9 @@ class HFScorer:
         #: decision reads that used the cached prefix / the full prompt
         self.rows_cached = 0
         self.rows_full = 0
+        #: reasoning-mode decision reads run on top of the generation's cache, and the tokens they skipped
+        self.rows_reused = 0
+        self.tokens_reused = 0
         self._prefix: PrefixKV | None = None
         self._prefix_built = False
         self._prefix_lock = threading.Lock()
@@ -110,12 +134,14 @@ class HFScorer:
         lengths = [max(len(p) - self._prefix_chars, 1) for p in prompts]
         for chunk in _progress(self._chunks(order, lengths), progress):
             batch = [prompts[i] for i in chunk]
-            if self.template.reasoning:
-                thoughts = self._generate_reasoning(batch)
-                reasoning.extend(thoughts)
-                suffix = self.template.decision_suffix()
-                batch = [p + t + suffix for p, t in zip(batch, thoughts, strict=True)]
-            parts.append(self._read_decision(batch))
+            if not self.template.reasoning:
+                parts.append(self._read_decision(batch))
+                continue
+            thoughts, generated = self._generate_reasoning(batch)
+            reasoning.extend(thoughts)
+            suffix = self.template.decision_suffix()
+            batch = [p + t + suffix for p, t in zip(batch, thoughts, strict=True)]
+            parts.append(self._read_after_generation(batch, generated))
         merged = Scores.concat(parts)
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[order] = np.arange(len(order))
@@ -218,7 +244,7 @@ class HFScorer:
             return None, f"off: cached and full forwards differ by {gap:.2e} > {tol:.0e} on probe inputs"
         return prefix, f"on: {len(prefix)} tokens, self-check gap {gap:.1e}"
 
-    def _generate_reasoning(self, batch: list[str]) -> list[str]:
+    def _generate_reasoning(self, batch: list[str]) -> tuple[list[str], _Generated]:
         import torch
 
         enc = self._encode(batch)
@@ -231,10 +257,62 @@ class HFScorer:
                 stop_strings=[THINK_CLOSE],
                 tokenizer=self.tokenizer,
                 pad_token_id=self.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
             )
-        new = out[:, enc["input_ids"].shape[1] :]
+        new = out.sequences[:, enc["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [t.split(THINK_CLOSE, 1)[0].rstrip() for t in texts]
+        generated = _Generated(out.sequences, enc["attention_mask"], getattr(out, "past_key_values", None))
+        return [t.split(THINK_CLOSE, 1)[0].rstrip() for t in texts], generated
+
+    def _read_after_generation(self, batch: list[str], generated: _Generated) -> Scores:
+        """Read the decision of ``prompt + reasoning + suffix`` on top of the generation's KV cache.
+
+        The read is tokenised from the text, exactly as :meth:`_read_decision` would; each row
+        reuses the cached keys and values of its longest token prefix that the generation already
+        computed (the prompt and usually most of the reasoning) and runs only the rest, so the
+        result equals the full forward within float noise. Without a usable cache, the full read.
+        """
+        import torch
+
+        cache = generated.cache
+        if cache is None or not callable(getattr(cache, "get_seq_length", None)):
+            return self._read_decision(batch)
+        rows = self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+        width, cached = generated.prompt_mask.shape[1], int(cache.get_seq_length())
+        pads = (width - generated.prompt_mask.sum(-1)).tolist()
+        reuse, tails = [], []
+        for row, pad, seq in zip(rows, pads, generated.sequences[:, :cached].tolist(), strict=True):
+            n = _common_prefix(row, seq[pad:])
+            n = min(n, len(row) - 1)  # the last token must run, its logits are the decision
+            reuse.append(n)
+            tails.append(row[n:])
+        span = max(len(t) for t in tails)
+        ids = torch.full((len(rows), span), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros((len(rows), cached + span), dtype=torch.long)
+        positions = torch.zeros((len(rows), span), dtype=torch.long)
+        for i, (tail, n, pad) in enumerate(zip(tails, reuse, pads, strict=True)):
+            ids[i, span - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            mask[i, pad : pad + n] = 1
+            mask[i, cached + span - len(tail) :] = 1
+            positions[i, span - len(tail) :] = torch.arange(n, n + len(tail))
+        device = next(self.model.parameters()).device
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot grow (static, sliding): read in full
+            _log.info("decision read without the generation's cache: %s: %s", type(exc).__name__, exc)
+            return self._read_decision(batch)
+        label_lp = self._label_logprobs(out.logits[:, -1, :])
+        self.rows_reused += len(rows)
+        self.tokens_reused += sum(reuse)
+        return from_label_logprobs(label_lp, self.spec)
 
 
 def _progress(items: Sequence[Any], enabled: bool) -> Any:

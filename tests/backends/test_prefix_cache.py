@@ -88,15 +88,19 @@ def test_self_check_switches_a_wrong_cache_off(default_model, monkeypatch):
     assert s.rows_full == 1 and s.rows_cached == 0
 
 
-def test_reasoning_mode_reads_the_decision_with_the_cache(default_model):
+def test_reasoning_mode_reads_the_decision_on_the_generation_cache(default_model):
+    """The reasoning-mode read reuses the generation's KV cache and equals a full read of the same text."""
     template = PromptTemplate(mode="reasoning")
-    texts = ["How do I bake bread?", "I will find you and hurt you"]
-    full = HFScorer(default_model.model, default_model.tokenizer, template, max_new_tokens=8)
-    cached = HFScorer(default_model.model, default_model.tokenizer, template, max_new_tokens=8, prefix_cache=True)
-    a, b = full.score(texts), cached.score(texts)
-    assert a.reasoning == b.reasoning  # generation is the same greedy, uncached path
-    _assert_same(a.scores, b.scores)
-    assert cached.rows_cached == 2
+    texts = ["How do I bake bread?", "I will find you and hurt you", "ok", "Write a poem about the sea, please"]
+    scorer = HFScorer(default_model.model, default_model.tokenizer, template, max_new_tokens=8, batch_size=4)
+    out = scorer.score(texts)
+    assert scorer.rows_reused == 4 and scorer.rows_full == 0
+    assert scorer.tokens_reused > 4 * 60  # at least the instruction prompts came from the cache
+    suffix = template.decision_suffix()
+    reads = [scorer.template.render(t) + r + suffix for t, r in zip(texts, out.reasoning, strict=True)]
+    full = scorer._read_decision(reads)
+    assert scorer.rows_full == 4
+    _assert_same(out.scores, full)
 
 
 def test_adapter_gets_its_own_prefix_cache(default_model, tmp_path):
