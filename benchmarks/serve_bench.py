@@ -119,7 +119,7 @@ class Baseline:
         self.scorer = HFScorer(self.naive.model, self.naive.tokenizer)  # renders prompts exactly like the server
         self.served_dtype = resolve_dtype("auto")
         served = load_model("default", dtype=self.served_dtype)
-        self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True)
+        self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True, batch_size=16)  # server max_batch
 
     def flops(self, texts: Sequence[str]) -> dict[str, Any]:
         """Tokens and FLOPs per request: 2 x matmul parameters x tokens, plus the LM head at one position."""
@@ -141,6 +141,35 @@ class Baseline:
             "gflop_per_request_full_prompt": (2 * matmul * full + head) / 1e9,
             "gflop_per_request_uncached": (2 * matmul * rest + head) / 1e9,
         }
+
+    def shape_gflops(self, rows: int, seconds: float = 1.0) -> float:
+        """GFLOP/s of the served model's own matmuls (every Linear's shape, in its dtype) on ``rows`` rows.
+
+        The 2048^3 matmul rate overstates what a 576-wide model gets: its matrices are thin, so
+        the same FLOPs run slower. Summing the time of each Linear at ``rows`` rows gives the
+        rate the model's matmuls can actually reach (still ignoring attention and the rest).
+        """
+        import torch
+
+        shapes: dict[tuple[int, int], int] = {}
+        for module in self.served.model.modules():
+            if isinstance(module, torch.nn.Linear) and module.out_features < 10_000:  # the LM head runs once
+                key = (module.in_features, module.out_features)
+                shapes[key] = shapes.get(key, 0) + 1
+        dtype = next(self.served.model.parameters()).dtype
+        flops = seconds_total = 0.0
+        with torch.inference_mode():
+            for (d_in, d_out), count in shapes.items():
+                x, w = torch.randn(rows, d_in, dtype=dtype), torch.randn(d_out, d_in, dtype=dtype)
+                torch.nn.functional.linear(x, w)  # warm-up
+                best, end = float("inf"), time.perf_counter() + seconds / len(shapes)
+                while time.perf_counter() < end:
+                    t = time.perf_counter()
+                    torch.nn.functional.linear(x, w)
+                    best = min(best, time.perf_counter() - t)
+                flops += count * 2 * rows * d_in * d_out
+                seconds_total += count * best
+        return flops / seconds_total / 1e9
 
     def naive_times(self, texts: Sequence[str]) -> list[float]:
         """What a user writes first: one request at a time, the whole prompt, softmax at the last position."""
@@ -165,6 +194,15 @@ class Baseline:
             self.served.score([text])
             times.append(time.perf_counter() - t)
         return times[1:]
+
+
+def in_process_batched_rps(base: Baseline, texts: Sequence[str], group: int = 16) -> float:
+    """The server's scorer fed ``group`` texts at a time in process: concurrency 16 without HTTP."""
+    base.served.score(texts[:group])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(texts), group):
+        base.served.score(texts[i : i + group])
+    return len(texts) / (time.perf_counter() - started)
 
 
 def baseline_results(before: list[float], after: list[float], served: list[float], tokens: float) -> dict[str, Any]:
@@ -388,6 +426,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"| ceiling, uncached part ({result['gflop_per_request_uncached']:.1f} GFLOP/request) "
         f"| {result['ceiling_rps_uncached']:.2f} req/s |",
     ]
+    if "in_process_batched_rps" in result:
+        lines.append(
+            f"| the server's scorer in process, 16 texts at a time (no HTTP) "
+            f"| {result['in_process_batched_rps']:.2f} req/s |"
+        )
+    if "model_shape_gflops" in result:
+        shaped = ", ".join(
+            f"{v:.0f} at {k.removeprefix('rows_')} rows" for k, v in result["model_shape_gflops"].items()
+        )
+        lines.append(
+            f"| the model's own matmul shapes ({result['served_dtype']}): {shaped} GFLOP/s; uncached-part ceiling "
+            f"at that rate | {result['ceiling_rps_uncached_model_shapes']:.2f} req/s |"
+        )
     if "best" in result:
         b = result["best"]
         lines += [
@@ -418,6 +469,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.plot(xs, [res[f"c{c}"]["rps"] for c in xs], marker="o", label=f"guardcal serve --backend {name}")
     ax.axhline(result["ceiling_rps_full_prompt"], color="k", ls="--", lw=1, label="compute ceiling, full prompt")
     ax.axhline(result["ceiling_rps_uncached"], color="k", ls=":", lw=1, label="compute ceiling, uncached part")
+    if "ceiling_rps_uncached_model_shapes" in result:
+        ax.axhline(
+            result["ceiling_rps_uncached_model_shapes"],
+            color="tab:gray",
+            ls=":",
+            lw=1,
+            label="uncached part at the model's matmul shapes",
+        )
     ax.axhline(result["naive_rps"], color="tab:red", ls="-.", lw=1, label="naive loop (fp32, full prompt)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(CONCURRENCY), [str(c) for c in CONCURRENCY])
@@ -460,11 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["ceiling_gflops"] = peak
     result["ceiling_rps_full_prompt"] = peak / result["gflop_per_request_full_prompt"]
     result["ceiling_rps_uncached"] = peak / result["gflop_per_request_uncached"]
+    rest = max(1, round(result["mean_uncached_tokens"]))
+    shaped = {f"rows_{n}": base.shape_gflops(n) for n in (rest, 16 * rest)}
+    result["model_shape_gflops"] = shaped
+    result["ceiling_rps_uncached_model_shapes"] = max(shaped.values()) / result["gflop_per_request_uncached"]
+    print(f"model-shaped matmul GFLOP/s: {shaped}", flush=True)
     n_naive = NAIVE_REQUESTS[size]
     naive_texts = texts[:n_naive]  # the first inputs the servers get too
     before = base.naive_times(naive_texts)
     print(f"naive {len(before) / sum(before):.2f} req/s; ceiling {result['ceiling_rps_full_prompt']:.2f} req/s")
     served = base.served_times(texts[1 : 1 + sizes[1]])  # the prompts timed at concurrency 1
+    c16_start = sum(sizes[c] + c for c in CONCURRENCY if c < 16) + 16  # the texts the servers time at c16
+    result["in_process_batched_rps"] = in_process_batched_rps(base, texts[c16_start : c16_start + sizes[16]])
+    print(f"in process, 16 at a time: {result['in_process_batched_rps']:.2f} req/s", flush=True)
 
     result["backends"], result["skipped"] = {}, {}
     with tempfile.TemporaryDirectory(prefix="guardcal-bench-") as tmp:
