@@ -529,6 +529,23 @@ def _phase(base_url: str, texts: Sequence[str], n: int, concurrency: int, hold_s
     return result
 
 
+def webhook_settings(outbox: Path, receiver: Receiver, **extra: Any) -> dict[str, Any]:
+    """Server settings for the scenarios: the signed webhook to ``receiver`` as the only hook,
+    no in-call retries, quick outbox retries; ``extra`` adds or overrides settings."""
+    return {
+        "outbox": outbox,
+        "api_keys": KEYS,
+        "webhook_url": receiver.url,
+        "webhook_secret": WEBHOOK_SECRET,
+        "webhook_timeout_s": 2.0,
+        "webhook_retries": 0,
+        "hook_retry_base_s": 0.2,
+        "hook_retry_max_s": 1.0,
+        "hooks": "webhook",
+        **extra,
+    }
+
+
 def webhook_fault_scenario(
     kind: str,
     workdir: Path,
@@ -544,17 +561,13 @@ def webhook_fault_scenario(
     receiver = Receiver()
     receiver.slow_s = slow_s
     receiver.start()
-    settings = {
-        "outbox": workdir / f"{kind}-webhook-outbox.sqlite3",
-        "api_keys": KEYS,
-        "webhook_url": receiver.url,
-        "webhook_secret": WEBHOOK_SECRET,
-        "webhook_timeout_s": slow_s + 3.0,
-        "webhook_retries": 0,
-        "hook_retry_base_s": 0.05,
-        "hook_retry_max_s": 0.5,
-        "hooks": "webhook",
-    }
+    settings = webhook_settings(
+        workdir / f"{kind}-webhook-outbox.sqlite3",
+        receiver,
+        webhook_timeout_s=slow_s + 3.0,
+        hook_retry_base_s=0.05,
+        hook_retry_max_s=0.5,
+    )
     texts = mixed_texts()
     phases: dict[str, LoadResult] = {}
     try:
@@ -625,19 +638,7 @@ def kill_restart_scenario(
     every escalation from both lives arrives exactly once."""
     receiver = Receiver()
     outbox = workdir / f"{kind}-kill-outbox.sqlite3"
-    settings = {
-        "outbox": outbox,
-        "api_keys": KEYS,
-        "webhook_url": receiver.url,
-        "webhook_secret": WEBHOOK_SECRET,
-        "webhook_timeout_s": 2.0,
-        "webhook_retries": 0,
-        "hook_retry_base_s": 0.2,
-        "hook_retry_max_s": 1.0,
-        "hooks": "webhook",
-        "escalate_below": 1.0,  # every answered input escalates
-        **(settings or {}),
-    }
+    settings = webhook_settings(outbox, receiver, escalate_below=1.0, **(settings or {}))  # every input escalates
     texts = mixed_texts()
     first = start_server(kind, workdir, settings, env=env, name=f"{kind}-kill-1")
     try:
@@ -689,18 +690,7 @@ def sigterm_scenario(
     restarted server delivers what was kept exactly once."""
     receiver = Receiver()
     outbox = workdir / f"{kind}-term-outbox.sqlite3"
-    settings = {
-        "outbox": outbox,
-        "api_keys": KEYS,
-        "webhook_url": receiver.url,
-        "webhook_secret": WEBHOOK_SECRET,
-        "webhook_timeout_s": 2.0,
-        "webhook_retries": 0,
-        "hook_retry_base_s": 0.2,
-        "hook_retry_max_s": 1.0,
-        "hooks": "webhook",
-        "drain_timeout_s": 30,
-    }
+    settings = webhook_settings(outbox, receiver, drain_timeout_s=30)
     if flush:
         receiver.start()
     auth = {"Authorization": f"Bearer {CLASSIFY_KEY}"}
