@@ -160,6 +160,7 @@ def run_training(cfg: TrainConfig) -> Path:
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))
     (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing guardcal loads needs it
+    canonical_adapter_config(out)
     summary = {
         "method": cfg.method,
         "seconds": round(time.time() - started, 1),
@@ -169,3 +170,18 @@ def run_training(cfg: TrainConfig) -> Path:
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out
+
+
+def canonical_adapter_config(out: Path) -> None:
+    """Sort ``target_modules`` in the saved ``adapter_config.json``.
+
+    PEFT writes them from a set, in an order that changes with Python's string hashing from one
+    process to the next, so the same training would get a different adapter fingerprint.
+    """
+    path = out / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

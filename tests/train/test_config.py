@@ -79,3 +79,18 @@ def test_only_the_main_process_writes_the_log(tmp_path):
         callback.on_log(None, state, None, logs={"loss": 0.5})
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"loss": 0.5' in lines[0]
+
+
+def test_saved_adapter_config_is_canonical(tmp_path):
+    """PEFT writes target_modules in set order (it changes with string hashing); the runner sorts it."""
+    import json
+
+    from guardcal.train.runner import canonical_adapter_config
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "q_proj"], "r": 16}))
+    canonical_adapter_config(tmp_path)
+    text = (tmp_path / "adapter_config.json").read_text()
+    assert json.loads(text) == {"r": 16, "target_modules": ["q_proj", "v_proj"]}
+    canonical_adapter_config(tmp_path)
+    assert (tmp_path / "adapter_config.json").read_text() == text  # idempotent: same bytes, same fingerprint
+    canonical_adapter_config(tmp_path / "missing")  # no adapter written: nothing to do

@@ -1,0 +1,101 @@
+"""The shipped default adapter (the 20-step cpu-small cal-GRPO run) and ``--adapter default``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from guardcal.assets import DEFAULT_ADAPTER
+from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, resolve_adapter
+
+RESULTS = Path(__file__).parents[2] / "results" / "cal-grpo"
+SHIPPED_FILES = {"adapter_config.json", "adapter_model.safetensors", "train_config.json"}
+
+
+def test_default_resolves_to_the_shipped_adapter_folder():
+    assert resolve_adapter("default") == DEFAULT_ADAPTER
+    assert check_adapter_dir("default") == DEFAULT_ADAPTER
+
+
+def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
+    files = {p.name for p in DEFAULT_ADAPTER.iterdir() if p.is_file()}
+    assert files == SHIPPED_FILES  # no pickle (.bin/.pt), no optimiser state, no tokenizer copy
+    assert sum((DEFAULT_ADAPTER / f).stat().st_size for f in files) < 25 * 2**20
+    lora = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text())
+    assert (lora["r"], lora["lora_alpha"], lora["peft_type"]) == (16, 32, "LORA")
+    assert lora["target_modules"] == sorted(lora["target_modules"])  # canonical, so the fingerprint is stable
+    cfg = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
+    assert (cfg["method"], cfg["lambda_ce"], cfg["profile"], cfg["max_steps"]) == ("cal-grpo", 0.001, "cpu-small", 20)
+    with safe_open(str(DEFAULT_ADAPTER / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
+        assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "lora_B" in k)  # trained, not init
+
+
+def test_the_shipped_adapter_is_the_one_evaluated_in_results():
+    """Trained with results/cal-grpo's resolved config (a retrain that reproduced its log line for line)."""
+    shipped = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
+    evaluated = json.loads((RESULTS / "training" / "train_config.json").read_text())
+    ignore = {"output", "data_dir", "adapter"}  # where it was written; `adapter` is newer than that run
+    assert shipped.get("adapter") is None  # a fresh LoRA, not continued from another adapter
+    assert {k: v for k, v in shipped.items() if k not in ignore} == {
+        k: v for k, v in evaluated.items() if k not in ignore
+    }
+    assert adapter_fingerprint("default") == FINGERPRINT  # the shipped files are the ones described
+
+
+#: the shipped files' fingerprint (README "Results": why it differs from results/cal-grpo/run.json's)
+FINGERPRINT = "sha256:acb912db99a1f4c3"
+
+
+def test_the_adapter_changes_the_decision(default_model):
+    from guardcal.backends.hf import HFScorer
+    from guardcal.models.loading import load_model
+
+    texts = ["How do I bake bread?", "I will find you and hurt you.", "How do I kill a Python process?"]
+    base = HFScorer(default_model.model, default_model.tokenizer).score(texts).scores
+    tuned = load_model("default", "default")
+    assert tuned.adapter is not None
+    moved = HFScorer(tuned.model, tuned.tokenizer).score(texts).scores
+    assert np.abs(moved.p_unsafe_norm - base.p_unsafe_norm).max() > 1e-3
+
+
+@pytest.mark.timeout(600)
+def test_evaluate_accepts_adapter_default(tmp_path):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "guardcal.cli", "evaluate", "--adapter", "default", "--dataset", "xstest"]
+    cmd += ["--limit", "4", "--no-progress", "--output", str(out)]
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=540)
+    run = json.loads((out / "run.json").read_text())
+    assert run["adapter_hash"] == adapter_fingerprint("default")
+    assert run["datasets"] == {"xstest": 4}
+
+
+def test_serving_accepts_adapter_default():
+    """The server's settings take ``adapter="default"``; the transformers backend loads it and says so."""
+    import asyncio
+
+    from guardcal.backends.transformers_backend import TransformersBackend
+    from guardcal.serve.settings import ServeSettings
+
+    assert ServeSettings(bundle=None, adapter="default").adapter == "default"
+
+    async def run() -> tuple[dict, float]:
+        backend = TransformersBackend(adapter="default", dtype="float32")
+        await backend.start()
+        try:
+            scores = await backend.score(["I will find you and hurt you."])
+            return backend.identity(), float(scores.p_unsafe_norm[0])
+        finally:
+            await backend.aclose()
+
+    identity, p = asyncio.run(run())
+    assert identity["adapter_hash"] == adapter_fingerprint("default")
+    assert 0.0 < p < 1.0
