@@ -196,9 +196,10 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             "bf16": True,
         },
     },
-    # Measured on 2 idle CPU cores with the default model: SFT ≈ 45 s a step (32 steps, 2 epochs);
-    # the GRPO family ≈ 105 s a step (62 steps = 1 epoch ≈ 110 min; two runs side by side with one
-    # thread each ≈ 190 s a step each). --max-steps shortens a run; the LR schedule follows it.
+    # Measured on 2 idle CPU cores with the default model (3-step runs, README "Performance"): SFT
+    # ≈ 70 s a step (16 steps an epoch ≈ 19 min); GRPO ≈ 115 s and cal-GRPO ≈ 122 s a step (62 steps
+    # an epoch ≈ 2 h; fp32 loss + backward is most of it). --max-steps shortens a run; the LR
+    # schedule follows it.
     "cpu-small": {
         "sft": {"learning_rate": 2e-4, "per_device_batch": 8, "grad_accum": 4, "epochs": 2, "max_input_tokens": 128},
         "grpo": {
