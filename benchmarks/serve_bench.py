@@ -95,13 +95,18 @@ def matmul_gflops(dtype: str, n: int = 2048, seconds: float = 2.0) -> float:
 
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, dtype=getattr(torch, dtype))
-    a @ b  # warm-up (oneDNN kernel selection)
+    return 2 * n**3 / best_time(lambda: a @ b, seconds) / 1e9
+
+
+def best_time(fn: Any, seconds: float) -> float:
+    """The fastest of repeated ``fn()`` calls within ``seconds``, after one warm-up call (kernel selection)."""
+    fn()
     best, end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return best
 
 
 # ---------------------------------------------------------------- naive baseline and FLOPs
@@ -161,12 +166,7 @@ class Baseline:
         with torch.inference_mode():
             for (d_in, d_out), count in shapes.items():
                 x, w = torch.randn(rows, d_in, dtype=dtype), torch.randn(d_out, d_in, dtype=dtype)
-                torch.nn.functional.linear(x, w)  # warm-up
-                best, end = float("inf"), time.perf_counter() + seconds / len(shapes)
-                while time.perf_counter() < end:
-                    t = time.perf_counter()
-                    torch.nn.functional.linear(x, w)
-                    best = min(best, time.perf_counter() - t)
+                best = best_time(lambda x=x, w=w: torch.nn.functional.linear(x, w), seconds / len(shapes))
                 flops += count * 2 * rows * d_in * d_out
                 seconds_total += count * best
         return flops / seconds_total / 1e9
