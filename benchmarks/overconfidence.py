@@ -25,17 +25,16 @@ from guardcal.evaluate import subsample
 from guardcal.models.loading import load_model
 from guardcal.train.rollout import ForcedDecisionRollout
 
+try:
+    from .rollout_args import add_rollout_arguments
+except ImportError:  # run as a script: python benchmarks/NAME.py
+    from rollout_args import add_rollout_arguments  # type: ignore[no-redef]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--adapter")
-    parser.add_argument("--dataset", default="openai-moderation:test")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--n-queries", type=int, default=16)
-    parser.add_argument("--rollouts", type=int, default=64)
-    parser.add_argument("--budget", type=int, default=16, help="reasoning tokens before the decision is forced")
-    parser.add_argument("--max-input-tokens", type=int, default=128)
+    add_rollout_arguments(parser, n_queries=16)
+    parser.add_argument("--rollouts", type=int, default=64, help="rollouts sampled per query (T = 1)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)

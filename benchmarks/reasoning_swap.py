@@ -51,17 +51,17 @@ from guardcal.data.datasets import load_dataset
 from guardcal.evaluate import subsample
 from guardcal.models.loading import load_model
 from guardcal.train.rollout import ForcedDecisionRollout, last_position_logits
+from guardcal.types import SAFE, UNSAFE
+
+try:
+    from .rollout_args import add_rollout_arguments
+except ImportError:  # run as a script: python benchmarks/NAME.py
+    from rollout_args import add_rollout_arguments  # type: ignore[no-redef]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--adapter")
-    parser.add_argument("--dataset", default="openai-moderation:test")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--n-queries", type=int, default=128)
-    parser.add_argument("--budget", type=int, default=16, help="reasoning tokens before the decision is forced")
-    parser.add_argument("--max-input-tokens", type=int, default=128)
+    add_rollout_arguments(parser, n_queries=128)
     parser.add_argument(
         "--donor-rollouts",
         type=int,
@@ -124,9 +124,9 @@ def main() -> None:
         "seed": args.seed,
         "donor_rollouts_per_query": k,
         "donor_adapter": args.donor_adapter,
-        "donor_pool_share_unsafe": float(np.mean(pool_labels == "unsafe")),
+        "donor_pool_share_unsafe": float(np.mean(pool_labels == UNSAFE)),
         "original": {
-            "share_unsafe": float(np.mean(labels == "unsafe")),
+            "share_unsafe": float(np.mean(labels == UNSAFE)),
             "accuracy": float(np.mean(labels == np.array([ex.label for ex in queries]))),
             **_confidence_stats(original, np.ones(len(labels), dtype=bool)),
         },
@@ -162,7 +162,7 @@ def _rollouts(
             reasonings += [c[: len(c) - n_suffix - 1] for c in out["completion_ids"]]
             label_lp += out["decision_label_logprobs"]
     p = np.exp(np.array(label_lp, dtype=np.float64))
-    return reasonings, Scores(p[:, spec.labels.index("safe")], p[:, spec.labels.index("unsafe")])
+    return reasonings, Scores(p[:, spec.labels.index(SAFE)], p[:, spec.labels.index(UNSAFE)])
 
 
 def _read(model: Any, tok: Any, spec: LabelSpec, seqs: list[list[int]], batch: int) -> Scores:

@@ -29,7 +29,7 @@ import torch
 from trl.trainer.utils import split_tensor_dict
 
 from guardcal.core.prompt import THINK_CLOSE
-from guardcal.train.rollout import ForcedDecisionRollout, _cut, _left_pad, last_position_logits
+from guardcal.train.rollout import ForcedDecisionRollout, cut_reasoning, last_position_logits, left_pad
 
 
 def _build(method: str, output: Path, data_dir: str | None, seed: int) -> tuple[Any, Any]:
@@ -61,7 +61,7 @@ class GenerateThenForward(ForcedDecisionRollout):
     def _reason_then_read(
         self, prompt_ids: list[list[int]], suffix: list[int], model: Any, tok: Any
     ) -> tuple[list[list[int]], torch.Tensor]:
-        batch = _left_pad(prompt_ids, tok.pad_token_id, model)
+        batch = left_pad(prompt_ids, tok.pad_token_id, model)
         batch.pop("position_ids")
         out = model.generate(
             **batch,
@@ -75,7 +75,7 @@ class GenerateThenForward(ForcedDecisionRollout):
             pad_token_id=tok.pad_token_id,
         )
         stops = {tok.eos_token_id, tok.pad_token_id}
-        reasoning = [_cut(ids, stops, tok) for ids in out[:, batch["input_ids"].shape[1] :].tolist()]
+        reasoning = [cut_reasoning(ids, stops, tok) for ids in out[:, batch["input_ids"].shape[1] :].tolist()]
         seqs = [p + r + suffix for p, r in zip(prompt_ids, reasoning, strict=True)]
         return reasoning, last_position_logits(seqs, model, tok.pad_token_id)
 

@@ -64,6 +64,11 @@ class TrainConfig:
     max_steps: int = _f(-1, "stop after N optimiser steps (-1: run all epochs)")
     save_steps: int = _f(10, "checkpoint every N optimiser steps (resumable)")
     seed: int = _f(0, "random seed")
+    gradient_checkpointing: bool = _f(
+        True,
+        "recompute activations in the backward pass: less memory, one more forward (cpu-small turns it off: "
+        "≈ 25% faster a step for ≈ 6 GB more peak memory; the numbers are the same either way)",
+    )
     bf16: bool = _f(
         False, "bf16 autocast (paper profile, GPUs); off on CPU: faster but it changed the first SFT steps"
     )
@@ -194,14 +199,22 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             "temperature": 1.0,
             "max_input_tokens": 1024,
             "bf16": True,
+            "gradient_checkpointing": True,
         },
     },
-    # Measured on 2 idle CPU cores with the default model (3-step runs, README "Performance"): SFT
-    # ≈ 70 s a step (16 steps an epoch ≈ 19 min); GRPO ≈ 115 s and cal-GRPO ≈ 122 s a step (62 steps
-    # an epoch ≈ 2 h; fp32 loss + backward is most of it). --max-steps shortens a run; the LR
-    # schedule follows it.
+    # Measured on 2 idle CPU cores with the default model (benchmarks/epoch_time.py, README
+    # "Performance"): SFT ≈ 44 s a step (16 steps an epoch ≈ 12 min); GRPO ≈ 66 s and cal-GRPO ≈ 72 s
+    # a step (62 steps an epoch ≈ 68 and 74 min), peak RSS ≈ 16 GB with gradient checkpointing off
+    # (on: ≈ 122 s a step, 12 GB). --max-steps shortens a run; the LR schedule follows it.
     "cpu-small": {
-        "sft": {"learning_rate": 2e-4, "per_device_batch": 8, "grad_accum": 4, "epochs": 2, "max_input_tokens": 128},
+        "sft": {
+            "learning_rate": 2e-4,
+            "per_device_batch": 8,
+            "grad_accum": 4,
+            "epochs": 2,
+            "max_input_tokens": 128,
+            "gradient_checkpointing": False,
+        },
         "grpo": {
             "learning_rate": 5e-4,
             "per_device_batch": 16,
@@ -211,6 +224,7 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             "reasoning_budget": 16,
             "temperature": 1.0,
             "max_input_tokens": 128,
+            "gradient_checkpointing": False,
         },
     },
 }

@@ -23,6 +23,12 @@ divided by the gradient-accumulation steps exactly like TRL's policy term.
 The decision-position hidden state is captured by a forward hook on the
 decoder during TRL's own forward pass, and only those rows go through the LM
 head, so the extra cost is one (n, V) matmul.
+
+Off CUDA/XPU, TRL's fused LM head scores every position of prompt + completion (fixed tile
+shapes, for compilers like Neuron's) and masks the prompt afterwards; on a CPU that is ~7× the
+LM-head work of the completion tokens (≈ 25 s of a 122 s cpu-small step, profiled).
+``score_completion_positions_only`` makes it score only the labelled positions on a CPU too,
+as it already does on CUDA; the log-probs at those positions are the same.
 """
 
 from __future__ import annotations
@@ -40,6 +46,29 @@ from guardcal.train import pairwise
 from guardcal.train.strategies import GroupBatch, Objective
 
 
+def score_completion_positions_only() -> bool:
+    """Let TRL's fused LM head score only the completion positions on a CPU; True if in effect.
+
+    TRL decides this with ``trl.trainer.utils._use_triton(device)`` (only there, for its
+    ``compact`` path; the kernels read their own module's copy). Without that hook in a future
+    TRL the trainer still works, just slower on a CPU.
+    """
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        return False
+    if getattr(original, "guardcal_compact", False):
+        return True
+
+    def compact_on_cpu(device: torch.device) -> bool:
+        return device.type == "cpu" or bool(original(device))
+
+    compact_on_cpu.guardcal_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact_on_cpu
+    return True
+
+
 class GuardGRPOTrainer(GRPOTrainer):
     def __init__(
         self,
@@ -50,6 +79,7 @@ class GuardGRPOTrainer(GRPOTrainer):
         ce_variant: str = "full",
         **kwargs: Any,
     ) -> None:
+        score_completion_positions_only()
         super().__init__(*args, **kwargs)
         self.parser = parser
         self.spec = spec

@@ -87,12 +87,12 @@ class ForcedDecisionRollout:
         One KV cache serves all three stages: each distinct prompt is run once (GRPO repeats every
         prompt ``num_generations`` times) and its cache copied to its rows; each step feeds one token
         per row; the decision read feeds only the forced suffix, with the attention mask hiding what
-        :func:`_cut` dropped. The result equals sampling with ``generate`` and re-running the whole
+        :func:`cut_reasoning` dropped. The result equals sampling with ``generate`` and re-running the whole
         sequence, within float noise (``tests/train/test_rollout.py``), at a fraction of the compute.
         """
         distinct: dict[tuple[int, ...], int] = {}
         rows = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids])
-        first = _left_pad([list(p) for p in distinct], tok.pad_token_id, model)
+        first = left_pad([list(p) for p in distinct], tok.pad_token_id, model)
         out = model(**first, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_select_indices(rows.to(first["input_ids"].device))
@@ -122,7 +122,7 @@ class ForcedDecisionRollout:
             logits, position = out.logits[:, -1, :].float(), position + 1
             if not alive.any():
                 break
-        reasoning = [_cut(ids, stops, tok) for ids in sampled]
+        reasoning = [cut_reasoning(ids, stops, tok) for ids in sampled]
         kept = torch.zeros_like(mask[:, first["input_ids"].shape[1] :])
         for i, r in enumerate(reasoning):
             kept[i, : len(r)] = 1
@@ -160,11 +160,11 @@ class ForcedDecisionRollout:
 
 def last_position_logits(seqs: list[list[int]], model: Any, pad_id: int) -> torch.Tensor:
     """The float logits at each sequence's last token (one left-padded forward pass)."""
-    batch = _left_pad(seqs, pad_id, model)
+    batch = left_pad(seqs, pad_id, model)
     return model(**batch, logits_to_keep=1).logits[:, -1, :].float()
 
 
-def _cut(ids: list[int], stops: set[int], tok: Any) -> list[int]:
+def cut_reasoning(ids: list[int], stops: set[int], tok: Any) -> list[int]:
     """Drop everything from the first stop token, and from where '</think>' begins."""
     end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
     ids = ids[:end]
@@ -173,7 +173,7 @@ def _cut(ids: list[int], stops: set[int], tok: Any) -> list[int]:
     return ids
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int, model: Any) -> dict[str, torch.Tensor]:
+def left_pad(seqs: list[list[int]], pad_id: int, model: Any) -> dict[str, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)

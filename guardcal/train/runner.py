@@ -33,6 +33,7 @@ def _common_args(cfg: TrainConfig) -> dict[str, Any]:
         "logging_steps": 1,
         "seed": cfg.seed,
         "bf16": cfg.bf16,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         "use_cpu": not torch.cuda.is_available(),
         "report_to": "none",
         "disable_tqdm": False,

@@ -16,6 +16,13 @@ def test_profiles_and_overrides(tmp_path):
     paper = build_config({"method": "grpo", "profile": "paper", "output": "o"})
     assert (paper.num_generations, paper.reasoning_budget, paper.learning_rate) == (32, 256, 1e-3)
     assert paper.per_device_batch * paper.grad_accum == 256  # effective batch of completions
+    # checkpointing trades a forward for memory: on for GPUs, off for the CPU profile (speed)
+    assert paper.gradient_checkpointing and not cfg.gradient_checkpointing
+    assert not build_config({"method": "sft", "output": "o"}).gradient_checkpointing
+    assert build_config({"method": "sft", "output": "o", "gradient_checkpointing": True}).gradient_checkpointing
+    from guardcal.train.runner import _common_args
+
+    assert _common_args(paper)["gradient_checkpointing"] is True
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("method: sft\nepochs: 7\nlora-r: 8\n")
     cfg = build_config({"output": "o", "epochs": 2.0}, yaml_file)

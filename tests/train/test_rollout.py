@@ -68,10 +68,10 @@ def test_rollout_records_decision_readings_without_changing_samples(default_mode
 
 
 def test_cached_rollout_matches_generate_and_a_full_forward(default_model):
-    """Near-greedy (T = 1e-4) rollouts equal greedy ``generate`` + ``_cut``, and the decision logits
+    """Near-greedy (T = 1e-4) rollouts equal greedy ``generate`` + ``cut_reasoning``, and the decision logits
     read through the shared KV cache equal a fresh forward over prompt + reasoning + suffix."""
     from guardcal.core.prompt import THINK_CLOSE
-    from guardcal.train.rollout import _cut, last_position_logits
+    from guardcal.train.rollout import cut_reasoning, last_position_logits
 
     tok, model = default_model.tokenizer, default_model.model
     template = PromptTemplate(mode="reasoning")
@@ -93,7 +93,7 @@ def test_cached_rollout_matches_generate_and_a_full_forward(default_model):
                 tokenizer=tok,
                 pad_token_id=tok.pad_token_id,
             )[0, len(pids) :].tolist()
-            reasoning = _cut(greedy, stops, tok)
+            reasoning = cut_reasoning(greedy, stops, tok)
             assert ids[: len(reasoning)] == reasoning and ids[len(reasoning) : -1] == suffix
         seqs = [p + c[:-1] for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)]
         fresh = last_position_logits(seqs, model, tok.pad_token_id)
