@@ -3,10 +3,13 @@
 Reads ``results/<run>/metrics.json`` (written by ``guardcal evaluate``) for each run and writes
 ``methods.json``, ``methods.md`` (accuracy / ECE / Brier / selective AUROC / share of
 predictions with confidence > 0.99, per dataset, with the paper's Qwen3-1.7B numbers beside
-them) and ``methods.png`` (accuracy vs ECE, one point per method and dataset).
+them) and ``methods.png`` (accuracy vs ECE, one point per method and dataset). With
+``--table2 DIR``, a last column gives the paper's Table 2 after training: the share of T = 1
+reasoning rollouts whose decision token has p > 0.99 (``DIR/<run>.json`` from
+``overconfidence.py``; a run evaluated without an adapter reads ``DIR/base.json``).
 
     python benchmarks/method_table.py --runs results/base-direct results/sft results/grpo results/cal-grpo \\
-        --output results/methods
+        --table2 results/table2 --output results/methods
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ def load(run: Path) -> dict[str, Any]:
     return {d: {k: metrics[d][k] for k in KEYS} for d in DATASETS}
 
 
+def table2_share(run: Path, table2: Path | None) -> float | None:
+    """The run's Table 2 share of rollouts with p > 0.99, or None when it was not measured."""
+    if table2 is None:
+        return None
+    record = run / "run.json"
+    adapter = json.loads(record.read_text()).get("adapter") if record.is_file() else run.name
+    path = table2 / f"{run.name if adapter else 'base'}.json"
+    return float(json.loads(path.read_text())["share_p_gt_0.99"]) if path.is_file() else None
+
+
 def _cell(m: dict[str, Any]) -> str:
     auroc = "–" if m["auroc"] is None else f"{m['auroc']:.2f}"
     return (
@@ -53,11 +66,13 @@ def _paper(name: str) -> str:
 def markdown(table: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| run | OpenAI test: acc / ECE / Brier / AUROC / conf>0.99 | XSTest: same "
-        "| paper, Qwen3-1.7B: OpenAI acc / ECE |",
-        "|---|---|---|---|",
+        "| Table 2: rollouts p > 0.99 | paper, Qwen3-1.7B: OpenAI acc / ECE |",
+        "|---|---|---|---|---|",
     ]
     for name, m in table.items():
-        lines.append(f"| {name} | {_cell(m[DATASETS[0]])} | {_cell(m[DATASETS[1]])} | {_paper(name)} |")
+        share = m.get("table2_share_p_gt_0.99")
+        t2 = "–" if share is None else f"{100 * share:.1f}%"
+        lines.append(f"| {name} | {_cell(m[DATASETS[0]])} | {_cell(m[DATASETS[1]])} | {t2} | {_paper(name)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,9 +101,12 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="results/<run> folders")
+    parser.add_argument("--table2", type=Path, help="folder of overconfidence.py results: <run>.json, base.json")
     parser.add_argument("--output", type=Path, required=True, help="folder for methods.{json,md,png}")
     args = parser.parse_args()
-    table = {run.name: load(run) for run in args.runs}
+    table: dict[str, dict[str, Any]] = {}
+    for run in args.runs:
+        table[run.name] = {**load(run), "table2_share_p_gt_0.99": table2_share(run, args.table2)}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "methods.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.output / "methods.md").write_text(markdown(table))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from guardcal.backends.hf import HFScorer
 from guardcal.core.prompt import PromptTemplate
@@ -55,6 +56,17 @@ def test_reasoning_mode_generates_then_reads(default_model):
     assert all("</think>" not in r for r in out.reasoning)
     assert out.scores.decided.all()
     assert np.isfinite(out.scores.p_unsafe_norm).all()
+
+
+def test_reasoning_stops_at_think_close_with_one_criterion_built_once(default_model):
+    tok = default_model.tokenizer
+    s = HFScorer(default_model.model, tok, PromptTemplate(mode="reasoning"), max_new_tokens=4)
+    criteria = s._stop_at_think_close()
+    assert s._stop_at_think_close() is criteria  # not rebuilt per batch
+    rows = [tok.encode("I think it is fine </think>"), tok.encode("I think it is fine </thi")]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    assert criteria(ids, None).tolist() == [True, False]
 
 
 def test_adapter_changes_the_scores(default_model, tmp_path):
