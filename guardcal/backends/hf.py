@@ -32,6 +32,7 @@ import numpy as np
 from guardcal.backends.prefix_cache import (
     PrefixKV,
     build_prefix_kv,
+    forward_on_cache,
     forward_with_prefix,
     prefix_token_ids,
     template_prefix,
@@ -294,30 +295,17 @@ class HFScorer:
             n = min(n, len(row) - 1)  # the last token must run, its logits are the decision
             reuse.append(n)
             tails.append(row[n:])
-        span = max(len(t) for t in tails)
-        ids = torch.full((len(rows), span), self._pad_id(), dtype=torch.long)
-        mask = torch.zeros((len(rows), cached + span), dtype=torch.long)
-        positions = torch.zeros((len(rows), span), dtype=torch.long)
-        for i, (tail, n, pad) in enumerate(zip(tails, reuse, pads, strict=True)):
-            ids[i, span - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-            mask[i, pad : pad + n] = 1
-            mask[i, cached + span - len(tail) :] = 1
-            positions[i, span - len(tail) :] = torch.arange(n, n + len(tail))
+        cached_mask = torch.zeros((len(rows), cached), dtype=torch.long)
+        for i, (n, pad) in enumerate(zip(reuse, pads, strict=True)):
+            cached_mask[i, pad : pad + n] = 1  # the reused part of the row; the rest is hidden
         device = next(self.model.parameters()).device
         try:
             with torch.inference_mode():
-                out = self.model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+                logits = forward_on_cache(self.model, cache, cached_mask.to(device), tails, reuse, self._pad_id())
         except Exception as exc:  # noqa: BLE001 - a cache that cannot grow (static, sliding): read in full
             _log.info("decision read without the generation's cache: %s: %s", type(exc).__name__, exc)
             return self._read_decision(batch)
-        label_lp = self._label_logprobs(out.logits[:, -1, :])
+        label_lp = self._label_logprobs(logits)
         self.rows_reused += len(rows)
         self.tokens_reused += sum(reuse)
         return from_label_logprobs(label_lp, self.spec)

@@ -13,9 +13,10 @@ when the tokenisation of the *whole* prompt starts with exactly the prefix ids
 and the causal model computes the same keys and values for those positions either way; any
 other prompt takes the full forward.
 
-Layout of a cached batch: the per-request tokens are left-padded after the prefix, the attention
-mask covers the prefix and each row's real tokens (pads in between are masked), position ids
-continue from the prefix length, and the decision logits are read at the last position.
+Layout of a cached batch (:func:`forward_on_cache`, shared with the other cached reads): the
+per-request tokens are left-padded after the prefix, the attention mask covers the prefix and
+each row's real tokens (pads in between are masked), position ids continue from the prefix
+length, and the decision logits are read at the last position.
 """
 
 from __future__ import annotations
@@ -82,26 +83,47 @@ def forward_with_prefix(model: Any, prefix: PrefixKV, rows: Sequence[Sequence[in
     """Last-position logits ``(len(rows), vocab)`` for whole-prompt token ``rows`` that the prefix covers."""
     import torch
 
-    k, n_rows = len(prefix), len(rows)
-    rests = [list(r[k:]) for r in rows]
-    width = max(len(r) for r in rests)
-    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n_rows, k + width), dtype=torch.long)
-    mask[:, :k] = 1
-    positions = torch.full((n_rows, width), k, dtype=torch.long)
-    for i, rest in enumerate(rests):
-        n = len(rest)
-        ids[i, width - n :] = torch.tensor(rest, dtype=torch.long)
-        mask[i, k + width - n :] = 1
-        positions[i, width - n :] = torch.arange(k, k + n)
-    device = next(model.parameters()).device
+    k, device = len(prefix), next(model.parameters()).device
     with torch.inference_mode():
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            past_key_values=prefix.expanded(n_rows),
-            use_cache=True,
-            logits_to_keep=1,
+        return forward_on_cache(
+            model,
+            prefix.expanded(len(rows)),
+            torch.ones((len(rows), k), dtype=torch.long, device=device),
+            [list(r[k:]) for r in rows],
+            [k] * len(rows),
+            pad_id,
         )
+
+
+def forward_on_cache(
+    model: Any, cache: Any, cached_mask: Any, tails: Sequence[Sequence[int]], starts: Sequence[int], pad_id: int
+) -> Any:
+    """Last-position logits ``(len(tails), vocab)`` of each row's ``tails[i]`` run on top of ``cache``.
+
+    The one layout every cached read in guardcal uses (the instruction prefix here, the decision
+    read after reasoning in the transformers backend and in training rollouts): the tails are
+    left-padded to one width after the cached positions; the attention mask is ``cached_mask``
+    (``(rows, cached length)``: which cached positions each row sees) followed by each tail's real
+    tokens; row i's position ids continue from ``starts[i]``, its number of real tokens before the
+    tail. The cache grows in place; the caller picks the grad mode.
+    """
+    import torch
+
+    n, width, device = len(tails), max(len(t) for t in tails), cached_mask.device
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros((n, width), dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    for i, (tail, start) in enumerate(zip(tails, starts, strict=True)):
+        if tail:
+            ids[i, width - len(tail) :] = torch.tensor(list(tail), dtype=torch.long)
+            tail_mask[i, width - len(tail) :] = 1
+            positions[i, width - len(tail) :] = torch.arange(int(start), int(start) + len(tail))
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=torch.cat([cached_mask.long(), tail_mask.to(device)], dim=1),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     return out.logits[:, -1, :]

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from guardcal.backends.prefix_cache import forward_on_cache
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
 
 
@@ -125,18 +126,12 @@ class ForcedDecisionRollout:
         reasoning = [cut_reasoning(ids, stops, tok) for ids in sampled]
         kept = torch.zeros_like(mask[:, first["input_ids"].shape[1] :])
         for i, r in enumerate(reasoning):
-            kept[i, : len(r)] = 1
-        width = len(suffix)
-        start = first["attention_mask"][rows].sum(-1) + torch.tensor([len(r) for r in reasoning], device=device)
-        out = model(
-            input_ids=torch.tensor([suffix] * n, device=device),
-            attention_mask=torch.cat([first["attention_mask"][rows], kept, mask.new_ones((n, width))], dim=1),
-            position_ids=start[:, None] + torch.arange(width, device=device)[None, :],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return reasoning, out.logits[:, -1, :].float()
+            kept[i, : len(r)] = 1  # what cut_reasoning dropped stays in the cache, hidden
+        cached_mask = torch.cat([first["attention_mask"][rows], kept], dim=1)
+        seen = first["attention_mask"][rows].sum(-1).tolist()  # each row's real prompt tokens
+        starts = [int(k) + len(r) for k, r in zip(seen, reasoning, strict=True)]
+        logits = forward_on_cache(model, cache, cached_mask, [suffix] * n, starts, tok.pad_token_id)
+        return reasoning, logits.float()
 
     def _sample_decision(self, logits: torch.Tensor) -> tuple[list[int], list[float], dict[str, list[Any]]]:
         logp = torch.log_softmax(logits / max(self.temperature, 1e-6), dim=-1)
