@@ -10,7 +10,7 @@ guardcal did before (gradient checkpointing on, TRL's fused LM head scoring ever
 completion position on the CPU), and the result gives the ratio. The two runs' losses agree:
 neither change alters the numbers, only the time.
 
-    python benchmarks/epoch_time.py --output benchmarks/results/epoch_time.json            # ~20 min idle
+    python benchmarks/epoch_time.py --output benchmarks/results/epoch_time.json            # ~25 min idle
     python benchmarks/epoch_time.py --from-runs /tmp/steps --output benchmarks/results/epoch_time.json
 """
 

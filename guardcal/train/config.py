@@ -67,7 +67,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(
         True,
         "recompute activations in the backward pass: less memory, one more forward (cpu-small turns it off: "
-        "≈ 25% faster a step for ≈ 6 GB more peak memory; the numbers are the same either way)",
+        "~30 s of a 122 s step saved for ~4 GB more peak memory here; the numbers are the same either way)",
     )
     bf16: bool = _f(
         False, "bf16 autocast (paper profile, GPUs); off on CPU: faster but it changed the first SFT steps"
