@@ -29,19 +29,14 @@ from typing import Any
 METHODS = ("grpo", "cal-grpo", "sft")
 
 
-# The CLI, with guardcal's compact-LM-head setting for TRL switched off (the baseline only).
-_FULL_HEAD_CLI = (
-    "import sys, guardcal.train.grpo as g; g.score_completion_positions_only = lambda: False; "
-    "from guardcal.cli import main; sys.exit(main())"
-)
+#: the baseline's flags: how guardcal trained before (checkpointing on, the LM head over every position)
+BASELINE_FLAGS = ["--gradient-checkpointing", "--no-compact-lm-head"]
 
 
 def run(method: str, workdir: Path, steps: int, baseline: bool = False) -> Path:
     out = workdir / (f"{method}-baseline" if baseline else method)
-    cmd = [sys.executable, *(["-c", _FULL_HEAD_CLI] if baseline else ["-m", "guardcal.cli"])]
-    cmd += ["train", "--method", method, "--profile", "cpu-small", "--max-steps", str(steps), "--output", str(out)]
-    if baseline:
-        cmd.append("--gradient-checkpointing")
+    cmd = [sys.executable, "-m", "guardcal.cli", "train", "--method", method, "--profile", "cpu-small"]
+    cmd += ["--max-steps", str(steps), "--output", str(out), *(BASELINE_FLAGS if baseline else [])]
     child = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, not the max over all children
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -51,13 +46,14 @@ def run(method: str, workdir: Path, steps: int, baseline: bool = False) -> Path:
     return out
 
 
-def losses(out: Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+def step_rows(out: Path) -> list[dict[str, Any]]:
+    """The per-step records of a run's log.jsonl (the evaluation callback's lines carry no loss)."""
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
 def summarise(method: str, out: Path) -> dict[str, Any]:
     config = json.loads((out / "train_config.json").read_text())
-    rows = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    rows = step_rows(out)
     if len(rows) < 2:
         raise SystemExit(f"{out}/log.jsonl has {len(rows)} step(s); run at least 2 (--steps)")
     if "step_time" in rows[0]:  # TRL's own timing (the GRPO family)
@@ -78,6 +74,7 @@ def summarise(method: str, out: Path) -> dict[str, Any]:
         "steps_per_epoch": round(steps, 2),
         "epoch_minutes": round(steps * median / 60, 1),
         "peak_rss_gb": json.loads(rss.read_text())["peak_rss_gb"] if rss.is_file() else None,
+        "losses": [r["loss"] for r in rows],
     }
 
 
@@ -99,13 +96,12 @@ def main() -> None:
         out = args.from_runs / f"{method}-baseline" if args.from_runs else run(method, args.workdir, args.steps, True)
         before = summarise(method, out)
         now = result["methods"][method]
-        new_out = (args.from_runs or args.workdir) / method
         result["baseline"] = {
             "method": method,
             "settings": "gradient checkpointing on; TRL's fused LM head over every position",
             **before,
             "speedup": round(before["median_step_s"] / now["median_step_s"], 2),
-            "max_abs_loss_difference": max(abs(a - b) for a, b in zip(losses(out), losses(new_out), strict=True)),
+            "max_abs_loss_difference": max(abs(a - b) for a, b in zip(before["losses"], now["losses"], strict=True)),
         }
         print("baseline", json.dumps(result["baseline"]), flush=True)
     result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version()}

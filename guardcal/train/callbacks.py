@@ -26,6 +26,16 @@ class JsonlLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
 
+    def drop_after(self, step: int) -> int:
+        """Remove records past ``step``: a run killed after its last checkpoint logged steps that the
+        resumed run logs again. Returns how many were dropped."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        return len(lines) - len(kept)
+
 
 class JsonlLogCallback(TrainerCallback):
     """Every ``trainer.log`` call (loss, loss/policy, loss/ce, reward, …) goes to log.jsonl."""

@@ -69,6 +69,12 @@ class TrainConfig:
         "recompute activations in the backward pass: less memory, one more forward (cpu-small turns it off: "
         "~30 s of a 122 s step saved for ~4 GB more peak memory here; the numbers are the same either way)",
     )
+    compact_lm_head: bool = _f(
+        True,
+        "on a CPU, TRL's fused LM head scores only the completion positions, as it does on CUDA (same "
+        "log-probs; ~25 s of a 122 s cpu-small step saved); --no-compact-lm-head scores every position "
+        "as TRL does off CUDA (the epoch_time benchmark's baseline). Once on, it stays on in that process",
+    )
     bf16: bool = _f(
         False, "bf16 autocast (paper profile, GPUs); off on CPU: faster but it changed the first SFT steps"
     )

@@ -77,9 +77,11 @@ class GuardGRPOTrainer(GRPOTrainer):
         spec: LabelSpec,
         objective: Objective,
         ce_variant: str = "full",
+        compact_lm_head: bool = True,
         **kwargs: Any,
     ) -> None:
-        score_completion_positions_only()
+        if compact_lm_head:
+            score_completion_positions_only()
         super().__init__(*args, **kwargs)
         self.parser = parser
         self.spec = spec

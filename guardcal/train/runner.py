@@ -113,6 +113,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
         spec=spec,
         objective=objective,
         ce_variant=cfg.ce_variant,
+        compact_lm_head=cfg.compact_lm_head,
     )
 
 
@@ -157,6 +158,8 @@ def run_training(cfg: TrainConfig) -> Path:
     callbacks = [JsonlLogCallback(log), CalibrationEvalCallback(log, factory, eval_examples, cfg.eval_steps)]
     trainer = build_trainer(cfg, model, tokenizer, callbacks)
     resume = latest_checkpoint(out)
+    if resume is not None:
+        log.drop_after(int(Path(resume).name.split("-")[-1]))
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))

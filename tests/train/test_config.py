@@ -23,6 +23,11 @@ def test_profiles_and_overrides(tmp_path):
     from guardcal.train.runner import _common_args
 
     assert _common_args(paper)["gradient_checkpointing"] is True
+    # TRL's fused head scores completion positions only, unless switched off (the benchmark's baseline)
+    assert (
+        cfg.compact_lm_head
+        and not build_config({"method": "grpo", "output": "o", "compact_lm_head": False}).compact_lm_head
+    )
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("method: sft\nepochs: 7\nlora-r: 8\n")
     cfg = build_config({"output": "o", "epochs": 2.0}, yaml_file)
@@ -101,3 +106,14 @@ def test_saved_adapter_config_is_canonical(tmp_path):
     canonical_adapter_config(tmp_path)
     assert (tmp_path / "adapter_config.json").read_text() == text  # idempotent: same bytes, same fingerprint
     canonical_adapter_config(tmp_path / "missing")  # no adapter written: nothing to do
+
+
+def test_the_epoch_benchmark_baseline_flags_parse(monkeypatch, tmp_path):
+    """benchmarks/epoch_time.py trains its baseline with these flags: they must reach the config."""
+    import guardcal.train.runner as runner
+    from benchmarks.epoch_time import BASELINE_FLAGS
+
+    seen = []
+    monkeypatch.setattr(runner, "run_training", lambda cfg: seen.append(cfg) or tmp_path)
+    assert main(["train", "--method", "cal-grpo", "--output", str(tmp_path), *BASELINE_FLAGS]) == 0
+    assert seen[0].gradient_checkpointing and not seen[0].compact_lm_head
