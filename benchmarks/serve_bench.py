@@ -55,6 +55,12 @@ REQUESTS = {"quick": {1: 8, 4: 16, 16: 32, 64: 64}, "full": {1: 48, 4: 96, 16: 1
 NAIVE_REQUESTS = {"quick": 6, "full": 24}
 #: server flags on top of the defaults: let all concurrent requests reach the backend's batcher
 SERVER_FLAGS = ["--max-concurrency", "64", "--queue-size", "256", "--request-timeout-s", "600"]
+#: what ``--backends`` can name: a backend, or the transformers backend with its forward torch.compile'd
+VARIANTS = {
+    "transformers": ["--backend", "transformers"],
+    "transformers-compile": ["--backend", "transformers", "--compile"],
+    "vllm": ["--backend", "vllm"],
+}
 
 
 # ---------------------------------------------------------------- inputs and machine
@@ -223,7 +229,13 @@ def baseline_results(before: list[float], after: list[float], served: list[float
 
 
 def backend_available(backend: str, python: str) -> str | None:
-    """None when ``python`` can run ``backend``; otherwise why not."""
+    """None when ``python`` can run ``backend`` (a VARIANTS name); otherwise why not."""
+    if backend not in VARIANTS:
+        return f"unknown backend {backend!r}; use one of {sorted(VARIANTS)}"
+    if backend == "transformers-compile":
+        from guardcal.backends.compiled import cxx_compiler
+
+        return None if cxx_compiler() else "no C++ compiler for torch.compile (apt-get install g++)"
     if backend == "transformers":
         return None
     code = "import vllm, guardcal.backends.vllm_backend"
@@ -246,7 +258,7 @@ class Server:
         self.log_path = workdir / f"serve-{backend}.log"
         # the base model in direct mode with a fixed threshold: the shipped bundle would bring its adapter and mode
         outbox = str(workdir / f"outbox-{backend}.sqlite3")
-        flags = ["--backend", backend, "--port", str(self.port), "--bundle", "none", "--escalate-below", "0.9"]
+        flags = [*VARIANTS[backend], "--port", str(self.port), "--bundle", "none", "--escalate-below", "0.9"]
         cmd = serve_command(*flags, "--outbox", outbox, *SERVER_FLAGS, python=python)
         self.cmd = cmd
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -439,6 +451,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| the model's own matmul shapes ({result['served_dtype']}): {shaped} GFLOP/s; uncached-part ceiling "
             f"at that rate | {result['ceiling_rps_uncached_model_shapes']:.2f} req/s |"
         )
+    for name, res in result["backends"].items():
+        lines.append(f"| {name}: start-up to /readyz (model load, warm-up, compile) | {res['startup_s']:.0f} s |")
     if "best" in result:
         b = result["best"]
         lines += [
@@ -495,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (finishes in a few minutes)")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write (a PNG is written beside it)")
-    parser.add_argument("--backends", default="transformers,vllm", help="comma list (default: transformers,vllm)")
+    parser.add_argument(
+        "--backends", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)} (default: all)"
+    )
     parser.add_argument(
         "--vllm-python",
         default=os.environ.get("GUARDCAL_VLLM_PYTHON", sys.executable),

@@ -252,6 +252,7 @@ def build_backend(settings: Any) -> Any:
         dtype=settings.dtype,
         max_batch=settings.max_batch,
         max_new_tokens=settings.max_new_tokens,
+        compile=settings.compile,
     )
 
 

@@ -49,11 +49,12 @@ class TransformersBackend(ClassifierBackend):
         max_input_tokens: int = 1024,
         max_new_tokens: int = 256,
         prefix_cache: bool = True,
+        compile: bool = False,  # noqa: A002 - the serve setting's name
     ) -> None:
         from guardcal.backends.precision import resolve_dtype
 
         self.model, self.adapter, self.dtype = model, adapter, resolve_dtype(dtype)
-        self.prefix_cache = prefix_cache
+        self.prefix_cache, self.compile = prefix_cache, compile
         self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
@@ -75,7 +76,10 @@ class TransformersBackend(ClassifierBackend):
         await self._in_model_thread(self._load)
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name="guardcal-transformers-batcher")
-        await self.score(["warm-up"])  # first forward pays one-off costs before /readyz says ready
+        # the first forwards pay one-off costs (with --compile: the compile) before /readyz says ready
+        await self.score(["warm-up"])
+        if self.compile:  # a batch of two as well: torch.compile specialises a dimension of size 1
+            await self.score(["warm-up", "a longer warm-up input of a few more tokens"])
         self.ready = True
 
     def _load(self) -> None:
@@ -83,6 +87,10 @@ class TransformersBackend(ClassifierBackend):
         from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
 
         loaded = load_model(self.model, self.adapter, dtype=self.dtype)
+        if self.compile:
+            from guardcal.backends.compiled import compile_forward
+
+            compile_forward(loaded.model)
         self.scorer = HFScorer(
             loaded.model,
             loaded.tokenizer,
@@ -93,7 +101,12 @@ class TransformersBackend(ClassifierBackend):
             prefix_cache=self.prefix_cache,
         )
         self.scorer.prefix()  # build (and self-check) the prefix cache before the first request
-        _log.info("transformers backend: dtype=%s, prefix cache %s", self.dtype, self.scorer.prefix_status)
+        _log.info(
+            "transformers backend: dtype=%s, prefix cache %s, compiled %s",
+            self.dtype,
+            self.scorer.prefix_status,
+            self.compile,
+        )
         self._identity = {
             "model_id": model_identity(self.model),
             "adapter_hash": adapter_fingerprint(self.adapter),

@@ -114,6 +114,11 @@ class ServeSettings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="model dtype; auto: bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else float32"
     )
+    compile: bool = Field(
+        False,
+        description="transformers backend: torch.compile the forward (minutes of compiling before /readyz, then "
+        "faster batches; a CPU needs a C++ compiler)",
+    )
     escalate_below: float | None = Field(
         None, description="fixed confidence threshold in [0.5, 1] overriding the bundle's; 1.0 escalates everything"
     )
@@ -277,6 +282,12 @@ class ServeSettings(BaseSettings):
         fits = self.model == DEFAULT_MODEL and self.adapter == setup.adapter and self.reasoning == setup.reasoning
         if not fits and "bundle" not in explicit:
             self.bundle = None
+
+    @model_validator(mode="after")
+    def _compile_only_transformers(self) -> ServeSettings:
+        if self.compile and self.backend != "transformers":
+            raise ValueError("compile applies to the transformers backend (vLLM compiles its own graphs); drop it")
+        return self
 
     @model_validator(mode="after")
     def _secure_binding(self) -> ServeSettings:

@@ -1,0 +1,26 @@
+"""README's result tables quote the committed result files; a rerun that changes a number must
+change README too (the tables are written by hand, so this is the check that they agree)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def method_rows() -> list[list[str]]:
+    lines = (ROOT / "results" / "methods" / "methods.md").read_text().splitlines()
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[2:] if line.startswith("|")]
+
+
+@pytest.mark.parametrize("row", method_rows(), ids=lambda row: row[0])
+def test_readme_method_table_matches_results(row: list[str]) -> None:
+    run, openai, xstest, table2 = row[:4]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    quoting = [line for line in readme if line.startswith("|") and openai in line]
+    assert quoting, f"README has no table row with {run}'s OpenAI test cell {openai!r} (results/methods/methods.md)"
+    assert any(xstest in line and table2 in line for line in quoting), (
+        f"README's row for {run} does not match results/methods/methods.md: expected {xstest!r} and {table2!r}"
+    )
