@@ -76,18 +76,41 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def nearby_groups(points: dict[str, tuple[float, float]], radius: float = 0.8) -> list[tuple[list[str], tuple]]:
+    """Names whose points lie within ``radius`` (plot units) of a group's first point, with that point."""
+    groups: list[tuple[list[str], tuple]] = []
+    for name, (x, y) in points.items():
+        home = next((g for g in groups if abs(g[1][0] - x) <= radius and abs(g[1][1] - y) <= radius), None)
+        if home is None:
+            groups.append(([name], (x, y)))
+        else:
+            home[0].append(name)
+    return groups
+
+
 def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     for marker, dataset in zip(("o", "s"), DATASETS, strict=True):
-        for i, (name, m) in enumerate(table.items()):
-            x, y = 100 * m[dataset]["ece"], 100 * m[dataset]["accuracy"]
-            ax.scatter(x, y, marker=marker, color=f"C{i}", s=60, label=name if marker == "o" else None)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        points = {name: (100 * m[dataset]["ece"], 100 * m[dataset]["accuracy"]) for name, m in table.items()}
+        for i, (name, (x, y)) in enumerate(points.items()):
+            ax.scatter(x, y, marker=marker, color=f"C{i}", s=60, alpha=0.8, label=name if marker == "o" else None)
+        groups = nearby_groups(points)  # one label for points that sit on each other
+        for names, (x, y) in groups:
+            # a label that would run into the next group to its right goes on the left
+            crowded = any(0 < gx - x < 5 and abs(gy - y) < 2 for _, (gx, gy) in groups)
+            ax.annotate(
+                "\n".join(names),
+                (x, y),
+                textcoords="offset points",
+                xytext=(-5, 4) if crowded else (5, 4),
+                ha="right" if crowded else "left",
+                fontsize=8,
+            )
     ax.set_xlabel("ECE, % (15 equal-mass bins; lower is better)")
     ax.set_ylabel("accuracy, %")
     ax.set_title("Accuracy vs calibration per method (● OpenAI Moderation test, ■ XSTest)")

@@ -480,7 +480,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, res in result["backends"].items():
         xs = [c for c in CONCURRENCY if f"c{c}" in res]
-        ax.plot(xs, [res[f"c{c}"]["rps"] for c in xs], marker="o", label=f"guardcal serve --backend {name}")
+        flags = " ".join(VARIANTS.get(name, ["--backend", name]))
+        ax.plot(xs, [res[f"c{c}"]["rps"] for c in xs], marker="o", label=f"guardcal serve {flags}")
     ax.axhline(result["ceiling_rps_full_prompt"], color="k", ls="--", lw=1, label="compute ceiling, full prompt")
     ax.axhline(result["ceiling_rps_uncached"], color="k", ls=":", lw=1, label="compute ceiling, uncached part")
     if "ceiling_rps_uncached_model_shapes" in result:

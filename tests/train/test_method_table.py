@@ -35,3 +35,9 @@ def test_table2_column_reads_the_run_or_the_base_model(tmp_path):
     assert "| – |" in rows[4]
     mt.plot(table, tmp_path / "methods.png")
     assert (tmp_path / "methods.png").stat().st_size > 10_000
+
+
+def test_points_on_each_other_share_one_label():
+    groups = mt.nearby_groups({"grpo": (29.7, 69.9), "rlcr": (29.9, 69.9), "sft": (3.4, 70.8), "capo": (33.0, 52.4)})
+    assert [names for names, _ in groups] == [["grpo", "rlcr"], ["sft"], ["capo"]]
+    assert groups[0][1] == (29.7, 69.9)
