@@ -116,8 +116,8 @@ class ServeSettings(BaseSettings):
     )
     compile: bool = Field(
         False,
-        description="transformers backend: torch.compile the forward (minutes of compiling before /readyz, then "
-        "faster batches; a CPU needs a C++ compiler)",
+        description="transformers backend: torch.compile the forward (fused kernels; minutes of compiling before "
+        "/readyz; not faster through HTTP on the 2-core CPU measured, see README Performance; needs a C++ compiler)",
     )
     escalate_below: float | None = Field(
         None, description="fixed confidence threshold in [0.5, 1] overriding the bundle's; 1.0 escalates everything"

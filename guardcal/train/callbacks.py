@@ -28,13 +28,21 @@ class JsonlLog:
 
     def drop_after(self, step: int) -> int:
         """Remove records past ``step``: a run killed after its last checkpoint logged steps that the
-        resumed run logs again. Returns how many were dropped."""
+        resumed run logs again (and maybe half a line, cut by the kill). Returns how many went."""
         if not self.path.exists():
             return 0
         lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in lines if _step(line) is not None and _step(line) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
         return len(lines) - len(kept)
+
+
+def _step(line: str) -> int | None:
+    """The step of one log line; None for a line that is not a whole JSON record."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return None
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -11,7 +11,9 @@ def test_drop_after_removes_steps_logged_after_the_checkpoint(tmp_path):
     log = JsonlLog(tmp_path / "log.jsonl")
     for step in (5, 10, 11, 12):
         log.write({"step": step, "loss": float(step)})
-    assert log.drop_after(10) == 2
+    with (tmp_path / "log.jsonl").open("a") as f:
+        f.write('{"step": 13, "lo')  # the kill cut the last line
+    assert log.drop_after(10) == 3
     log.write({"step": 11, "loss": -1.0})  # the resumed run logs step 11 again
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 11]
