@@ -1,8 +1,9 @@
 """``torch.compile`` for the transformers backend's forward (opt-in: ``guardcal serve --compile``).
 
-On a CPU most of a small model's batched forward is not matrix multiplies: RMSNorm, rotary
-embeddings, SiLU and the KV-cache concatenations run as separate memory-bound kernels (profiled
-here: matmuls were ~28% of a 16-request forward). Inductor fuses them into generated C++ loops.
+RMSNorm, rotary embeddings, SiLU and the KV-cache concatenations run as separate memory-bound
+kernels in eager mode; inductor fuses them into generated C++ loops. On the idle development
+CPU they are ~15% of a 16-request forward (matmuls 61%, attention 21%;
+benchmarks/results/forward_profile.json), more when other work shares the cores.
 The cost is a compile at start-up (minutes on 2 cores for a 30-layer model; /readyz waits for
 it) and a C++ compiler on the machine. Shapes are compiled dynamic, so new batch sizes and
 lengths reuse the graph instead of recompiling under traffic.
