@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 #: the operators that are matrix multiplies (the rest is what the compute ceiling counts as free)
@@ -30,8 +29,10 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from serve_bench import load_inputs
+    try:
+        from .serve_bench import load_inputs
+    except ImportError:  # run as a script
+        from serve_bench import load_inputs  # type: ignore[no-redef]
 
     from guardcal.backends.hf import HFScorer
     from guardcal.backends.precision import resolve_dtype

@@ -32,7 +32,7 @@ class JsonlLog:
         if not self.path.exists():
             return 0
         lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if _step(line) is not None and _step(line) <= step]
+        kept = [line for line in lines if (n := _step(line)) is not None and n <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
         return len(lines) - len(kept)
 
