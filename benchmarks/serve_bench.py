@@ -16,8 +16,9 @@ Everything is measured in one run, so the ratios hold on a noisy machine:
   the way the server's backend runs them (its dtype, the cached prefix), without HTTP or
   batching; ``p50_c1_over_bare_forward`` is the server's overhead at concurrency 1.
 - **ceiling**: measured matmul throughput (bf16 and float32 GFLOP/s, torch, this process's
-  thread count) and FLOPs per request = 2 x matmul parameters x tokens computed (+ the LM head
-  once, at the decision position), for the full prompt and for the uncached part only.
+  thread count; measured before and after the servers, the faster counts) and FLOPs per request
+  = 2 x matmul parameters x tokens computed (+ the LM head once, at the decision position), for
+  the full prompt and for the uncached part only.
 
     python benchmarks/serve_bench.py --quick --output benchmarks/results/serve_bench.json
     python benchmarks/serve_bench.py --output benchmarks/results/serve_bench.json   # on an idle machine
@@ -49,6 +50,8 @@ import httpx
 from guardcal.serve.process import free_port, serve_command
 
 CONCURRENCY = (1, 4, 16, 64)
+#: the matmul rates measured for the ceiling
+DTYPES = ("float32", "bfloat16")
 #: requests timed at each concurrency (after a short warm-up that is not counted)
 REQUESTS = {"quick": {1: 8, 4: 16, 16: 32, 64: 64}, "full": {1: 48, 4: 96, 16: 192, 64: 256}}
 #: naive requests timed before the servers, and the same ones again after them
@@ -64,6 +67,14 @@ VARIANTS = {
 
 
 # ---------------------------------------------------------------- inputs and machine
+
+
+def level_inputs(texts: Sequence[str], sizes: dict[int, int]) -> dict[int, tuple[list[str], list[str]]]:
+    """Each concurrency's (warm-up, timed) texts, in run order: no text is sent twice, so no cache
+    anywhere sees a repeated prompt. The levels get different texts, hence different lengths:
+    ``levels.c<N>`` in the result records each level's own FLOPs per request."""
+    fresh = iter(texts)
+    return {c: ([next(fresh) for _ in range(c)], [next(fresh) for _ in range(sizes[c])]) for c in CONCURRENCY}
 
 
 def load_inputs(n: int, seed: int = 0) -> list[str]:
@@ -102,6 +113,16 @@ def matmul_gflops(dtype: str, n: int = 2048, seconds: float = 2.0) -> float:
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, dtype=getattr(torch, dtype))
     return 2 * n**3 / best_time(lambda: a @ b, seconds) / 1e9
+
+
+def set_ceiling(result: dict[str, Any], *measured: dict[str, float]) -> None:
+    """The compute ceiling from the best matmul rate measured (a neighbour on a shared machine can
+    only slow a measurement down, so the fastest one is the machine's capability)."""
+    gflops = {dt: max(m[dt] for m in measured) for dt in DTYPES}
+    result["matmul_gflops"] = gflops
+    result["ceiling_gflops"] = peak = max(gflops.values())
+    result["ceiling_rps_full_prompt"] = peak / result["gflop_per_request_full_prompt"]
+    result["ceiling_rps_uncached"] = peak / result["gflop_per_request_uncached"]
 
 
 def best_time(fn: Any, seconds: float) -> float:
@@ -350,15 +371,16 @@ def _pct(sorted_ms: Sequence[float], q: float) -> float:
     return float(sorted_ms[rank - 1])
 
 
-def bench_backend(backend: str, python: str, texts: Sequence[str], sizes: dict[int, int], workdir: Path) -> dict:
+def bench_backend(
+    backend: str, python: str, levels: dict[int, tuple[list[str], list[str]]], workdir: Path
+) -> dict[str, Any]:
     server = Server(python, backend, workdir)
     try:
         startup = server.wait_ready(900)
         out: dict[str, Any] = {"startup_s": startup, "command": " ".join(server.cmd[1:])}
-        fresh = iter(texts)  # no text is sent twice, so no cache anywhere sees a repeated prompt
-        for c in CONCURRENCY:
-            asyncio.run(drive(server.base, [next(fresh) for _ in range(c)], c))  # warm-up, not counted
-            out[f"c{c}"] = asyncio.run(drive(server.base, [next(fresh) for _ in range(sizes[c])], c))
+        for c, (warm_up, timed) in levels.items():
+            asyncio.run(drive(server.base, warm_up, c))  # not counted
+            out[f"c{c}"] = asyncio.run(drive(server.base, timed, c))
             print(f"  {backend} c{c}: {json.dumps(out[f'c{c}'])}", flush=True)
         text = server.metrics()
         out["backend_errors"] = sum(
@@ -396,7 +418,13 @@ def summarise(result: dict[str, Any]) -> None:
     c16 = max((v for (_, k), v in runs.items() if k == "c16"), default=None)
     if c16 is not None:
         result["ratio_vs_naive_c16"] = c16 / result["naive_rps"]
+    peak = result["ceiling_gflops"]
     for res in result["backends"].values():
+        for key, level in result.get("levels", {}).items():
+            if isinstance(res.get(key), dict):  # the same share, at the lengths this level's inputs have
+                res[key]["fraction_of_ceiling_at_level_length"] = (
+                    res[key]["rps"] * level["gflop_per_request_full_prompt"] / peak
+                )
         if "c1" in res:
             res["p50_c1_over_bare_forward"] = res["c1"]["p50_ms"] / result["bare_forward_p50_ms"]
             res["p50_c1_over_naive_forward"] = res["c1"]["p50_ms"] / result["naive_forward_p50_ms"]
@@ -410,20 +438,27 @@ def markdown(result: dict[str, Any]) -> str:
         f"start / {m['loadavg_end'][0]:.1f} at end, {result['mean_prompt_tokens']:.0f} prompt tokens per request "
         f"({result['prefix_tokens']} of them the shared prefix)",
         "",
-        "| backend | concurrency | req/s | p50 ms | p95 ms | p99 ms | peak RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | concurrency | req/s | p50 ms | p95 ms | p99 ms | peak RSS MB "
+        "| prompt tokens (these inputs) | share of full-prompt ceiling at these inputs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    levels = result.get("levels", {})
     for name, res in result["backends"].items():
         for c in CONCURRENCY:
             r = res.get(f"c{c}")
             if r:
+                tokens = levels.get(f"c{c}", {}).get("mean_prompt_tokens")
+                share = r.get("fraction_of_ceiling_at_level_length")
                 lines.append(
                     f"| {name} | {c} | {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
-                    f"| {res['peak_rss_mb']:.0f} |"
+                    f"| {res['peak_rss_mb']:.0f} | {_num(tokens, '.0f')} | {_num(share, '.2f')} |"
                 )
     for name, why in result["skipped"].items():
-        lines.append(f"| {name} | skipped: {why} | | | | | |")
+        lines.append(f"| {name} | skipped: {why} | | | | | | | |")
     g = result["matmul_gflops"]
+    bf16 = f"{g['bfloat16']:.0f}" if result["machine"].get("native_bf16", True) else f"{g['bfloat16']:.2g} (emulated)"
+    start, end = result.get("matmul_gflops_start"), result.get("matmul_gflops_end")
+    span = f" ({start['float32']:.0f} at the start, {end['float32']:.0f} at the end)" if start and end else ""
     lines += [
         "",
         "| | value |",
@@ -432,7 +467,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"({result['naive_rps_before_servers']:.2f} before the servers, "
         f"{result['naive_rps_after_servers']:.2f} after); "
         f"{result['naive_rps_at_mean_length']:.2f} at the servers' mean length |",
-        f"| matmul throughput | {g['bfloat16']:.0f} GFLOP/s bf16, {g['float32']:.0f} GFLOP/s fp32 |",
+        f"| matmul throughput (the faster of the start and the end) | {bf16} GFLOP/s bf16, "
+        f"{g['float32']:.0f} GFLOP/s fp32{span} |",
         f"| ceiling, full prompt ({result['gflop_per_request_full_prompt']:.1f} GFLOP/request) "
         f"| {result['ceiling_rps_full_prompt']:.2f} req/s |",
         f"| ceiling, uncached part ({result['gflop_per_request_uncached']:.1f} GFLOP/request) "
@@ -469,6 +505,10 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {res['p50_c1_over_bare_forward']:.2f} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -526,16 +566,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"size": size, "machine": machine_info(), "server_flags": SERVER_FLAGS}
     print(f"machine: {json.dumps(result['machine'])}", flush=True)
 
-    gflops = {dt: matmul_gflops(dt) for dt in ("float32", "bfloat16")}
-    result["matmul_gflops"] = gflops
-    print(f"matmul GFLOP/s: {gflops}", flush=True)
+    result["matmul_gflops_start"] = {dt: matmul_gflops(dt) for dt in DTYPES}
+    print(f"matmul GFLOP/s: {result['matmul_gflops_start']}", flush=True)
     base = Baseline()
     result["served_dtype"] = base.served_dtype
     result.update(base.flops(texts))
-    peak = max(gflops.values())
-    result["ceiling_gflops"] = peak
-    result["ceiling_rps_full_prompt"] = peak / result["gflop_per_request_full_prompt"]
-    result["ceiling_rps_uncached"] = peak / result["gflop_per_request_uncached"]
+    set_ceiling(result, result["matmul_gflops_start"])
     rest = max(1, round(result["mean_uncached_tokens"]))
     shaped = {f"rows_{n}": base.shape_gflops(n) for n in (rest, 16 * rest)}
     result["model_shape_gflops"] = shaped
@@ -545,9 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     naive_texts = texts[:n_naive]  # the first inputs the servers get too
     before = base.naive_times(naive_texts)
     print(f"naive {len(before) / sum(before):.2f} req/s; ceiling {result['ceiling_rps_full_prompt']:.2f} req/s")
-    served = base.served_times(texts[1 : 1 + sizes[1]])  # the prompts timed at concurrency 1
-    c16_start = sum(sizes[c] + c for c in CONCURRENCY if c < 16) + 16  # the texts the servers time at c16
-    result["in_process_batched_rps"] = in_process_batched_rps(base, texts[c16_start : c16_start + sizes[16]])
+    levels = level_inputs(texts, sizes)
+    result["levels"] = {f"c{c}": base.flops(timed) for c, (_, timed) in levels.items()}
+    served = base.served_times(levels[1][1])  # the prompts timed at concurrency 1
+    result["in_process_batched_rps"] = in_process_batched_rps(base, levels[16][1])  # c16's texts
     print(f"in process, 16 at a time: {result['in_process_batched_rps']:.2f} req/s", flush=True)
 
     result["backends"], result["skipped"] = {}, {}
@@ -561,11 +598,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             print(f"benchmarking {backend} ({python})", flush=True)
             try:
-                result["backends"][backend] = bench_backend(backend, python, texts, sizes, Path(tmp))
+                result["backends"][backend] = bench_backend(backend, python, levels, Path(tmp))
             except RuntimeError as exc:
                 result["skipped"][backend] = f"failed: {exc}"
                 print(f"{backend} failed: {exc}", flush=True)
     after = base.naive_times(naive_texts)  # the same inputs again after the servers: the gap is drift
+    result["matmul_gflops_end"] = {dt: matmul_gflops(dt) for dt in DTYPES}
+    set_ceiling(result, result["matmul_gflops_start"], result["matmul_gflops_end"])
     naive_tokens = base.flops(naive_texts)["mean_prompt_tokens"]
     result.update(baseline_results(before, after, served, naive_tokens))
     # the naive forward's time grows about linearly with the prompt: its rate at the servers' mean length

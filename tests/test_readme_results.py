@@ -3,11 +3,14 @@ change README too (the tables are written by hand, so this is the check that the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the concurrency levels README's serving tables quote
+LEVELS = ("c1", "c4", "c16", "c64")
 
 
 def method_rows() -> list[list[str]]:
@@ -24,3 +27,18 @@ def test_readme_method_table_matches_results(row: list[str]) -> None:
     assert any(xstest in line and table2 in line for line in quoting), (
         f"README's row for {run} does not match results/methods/methods.md: expected {xstest!r} and {table2!r}"
     )
+
+
+@pytest.mark.parametrize("name", ["serve_bench", "serve_bench-avx2"])
+def test_readme_serving_rows_match_results(name: str) -> None:
+    """Each backend's req/s at c1, c4, c16 and c64 in README's serving tables are the committed run's."""
+    result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    best = (result["best"]["backend"], result["best"]["concurrency"])
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| ")]
+    for backend, res in result["backends"].items():
+        cells = [f"{res[c]['rps']:.2f}" for c in LEVELS]
+        cells = [f"**{x}**" if (backend, c) == best else x for x, c in zip(cells, LEVELS, strict=True)]
+        expected = "| " + " | ".join(cells) + " |"
+        assert any(row.startswith(f"| {backend} (") and expected in row for row in rows), (
+            f"README has no {backend} row with {expected!r} ({name}.json)"
+        )
