@@ -4,8 +4,10 @@ The server's scorer (the default model, the cached instruction prefix, 16 inputs
 16 concurrent requests) scores the same XSTest + OpenAI Moderation inputs with each variant,
 interleaved over ``--repeats`` rounds so that machine drift hits them alike:
 
-- ``served``: what ``guardcal serve`` runs (``--dtype auto``: bf16 where the CPU has it, else fp32; SDPA);
-- ``eager-attention``: the same, with transformers' eager attention instead of SDPA;
+- ``served``: what ``guardcal serve`` runs (``--dtype auto``: bf16 where the CPU has it, else fp32;
+  the requests packed end to end in one row, ``backends.packed``);
+- ``padded``: the same, left-padded to one width per forward and split by length (before packing);
+- ``eager-attention``: padded, with transformers' eager attention instead of SDPA;
 - ``int8-dynamic``: float32 with PyTorch's dynamic int8 quantisation of every Linear.
 
 For each: req/s per round, the ratio to ``served`` in the same round, the largest and mean change
@@ -36,13 +38,15 @@ def _scorers(texts: list[str]) -> dict[str, Any]:
     from guardcal.models.loading import load_model
 
     served = load_model("default", dtype=resolve_dtype("auto"))
+    padded = load_model("default", dtype=resolve_dtype("auto"))
     eager = load_model("default", dtype=resolve_dtype("auto"))
     eager.model.set_attn_implementation("eager")
     fp32 = load_model("default", dtype="float32")
     int8 = torch.ao.quantization.quantize_dynamic(fp32.model, {torch.nn.Linear}, dtype=torch.qint8)
-    models = {"served": served.model, "eager-attention": eager.model, "int8-dynamic": int8}
+    models = {"served": served.model, "padded": padded.model, "eager-attention": eager.model, "int8-dynamic": int8}
     scorers = {
-        name: HFScorer(model, served.tokenizer, prefix_cache=True, batch_size=BATCH) for name, model in models.items()
+        name: HFScorer(model, served.tokenizer, prefix_cache=True, batch_size=BATCH, packing=name == "served")
+        for name, model in models.items()
     }
     for scorer in scorers.values():
         scorer.score(texts[:BATCH])  # warm-up and the prefix cache's self-check, not timed

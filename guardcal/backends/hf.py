@@ -11,12 +11,16 @@ way the logits at the decision position go through ``core.confidence``.
 With ``prefix_cache=True`` (the serving backend) the instruction prefix that every prompt
 shares is run once and its KV cache reused, so each forward computes only the per-request
 tokens (see ``backends.prefix_cache``); results equal the full forward within float noise.
+In direct mode those tokens are also packed (``backends.packed``): a batch's requests run end
+to end in one row with no padding, unless ``packing=False`` or the packed read fails its own
+self-check, in which case they are left-padded as below.
 It is off by default: evaluation and training evaluation run the full prompt (training
 changes the weights between calls, which would make a cached prefix stale).
 
-Batches are cut by length as well as by ``batch_size``: inputs are sorted longest first and a
-new forward starts when left-padding would waste more than a quarter of the batch's tokens
-(plus a small allowance), so one long input does not pad a batch of short ones.
+Padded batches are cut by length as well as by ``batch_size``: inputs are sorted longest first
+and a new forward starts when left-padding would waste more than a quarter of the batch's tokens
+(plus a small allowance), so one long input does not pad a batch of short ones. Packed batches
+have no padding and are cut by ``batch_size`` only.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from guardcal.backends.packed import disable_packing, enable_packing, forward_packed
 from guardcal.backends.prefix_cache import (
     PrefixKV,
     build_prefix_kv,
@@ -94,6 +99,7 @@ class HFScorer:
         max_input_tokens: int = 1024,
         max_new_tokens: int = 256,
         prefix_cache: bool = False,
+        packing: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -103,6 +109,8 @@ class HFScorer:
         self.max_input_tokens = max_input_tokens
         self.max_new_tokens = max_new_tokens
         self.prefix_cache = prefix_cache
+        #: pack direct-mode reads on the prefix cache (backends.packed); settled when the cache is built
+        self.packing = prefix_cache and packing and not self.template.reasoning
         #: why the prefix cache is on or off ("on: 72 tokens", "off: ...")
         self.prefix_status = "off: not asked for" if not prefix_cache else "not built yet"
         #: decision reads that used the cached prefix / the full prompt
@@ -134,7 +142,8 @@ class HFScorer:
         parts: list[Scores] = []
         reasoning: list[str] = []
         lengths = [max(len(p) - self._prefix_chars, 1) for p in prompts]
-        for chunk in _progress(self._chunks(order, lengths), progress):
+        by_length = not (self.prefix() is not None and self.packing)  # builds the cache on first use
+        for chunk in _progress(self._chunks(order, lengths, by_length), progress):
             batch = [prompts[i] for i in chunk]
             if not self.template.reasoning:
                 parts.append(self._read_decision(batch))
@@ -162,8 +171,10 @@ class HFScorer:
         out = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": positions}
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
-    def _chunks(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+    def _chunks(self, order: list[int], lengths: list[int], by_length: bool = True) -> list[list[int]]:
         """Cut ``order`` (longest first) into forwards of at most ``batch_size`` with little padding."""
+        if not by_length:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         chunks: list[list[int]] = []
         current: list[int] = []
         real = 0
@@ -190,13 +201,18 @@ class HFScorer:
         miss = sorted(set(range(len(batch))) - set(hit))
         label_lp = np.empty((len(batch), len(self.spec.all_ids)), dtype=np.float64)
         if hit:
-            logits = forward_with_prefix(self.model, prefix, [rows[i] for i in hit], self._pad_id())
+            logits = self._cached_logits(prefix, [rows[i] for i in hit])
             label_lp[hit] = self._label_logprobs(logits)
         if miss:  # the tokenizer merged across the split point: run these prompts whole
             label_lp[miss] = self._full_label_logprobs([batch[i] for i in miss])
         self.rows_cached += len(hit)
         self.rows_full += len(miss)
         return from_label_logprobs(label_lp, self.spec)
+
+    def _cached_logits(self, prefix: PrefixKV, rows: list[list[int]]) -> Any:
+        if self.packing:
+            return forward_packed(self.model, prefix, rows)
+        return forward_with_prefix(self.model, prefix, rows, self._pad_id())
 
     def _full_label_logprobs(self, batch: list[str]) -> np.ndarray:
         import torch
@@ -220,6 +236,8 @@ class HFScorer:
         """The cached instruction prefix (built on first use), or None when caching is off or unusable."""
         if not self.prefix_cache:
             return None
+        if self._prefix_built:
+            return self._prefix
         with self._prefix_lock:
             if not self._prefix_built:
                 self._prefix, self.prefix_status = self._build_prefix()
@@ -243,8 +261,28 @@ class HFScorer:
         tol = SELF_CHECK_TOL.get(dtype, SELF_CHECK_TOL_HALF)
         gap = float(np.abs(cached - full).max())
         if not gap <= tol:
+            self.packing = False
             return None, f"off: cached and full forwards differ by {gap:.2e} > {tol:.0e} on probe inputs"
-        return prefix, f"on: {len(prefix)} tokens, self-check gap {gap:.1e}"
+        layout = self._settle_packing(prefix, rows, full, tol)
+        return prefix, f"on: {len(prefix)} tokens, self-check gap {gap:.1e}, {layout}"
+
+    def _settle_packing(self, prefix: PrefixKV, rows: list[list[int]], full: np.ndarray, tol: float) -> str:
+        """Turn packing on when asked for and the packed read agrees with the full forward; say which."""
+        if not self.packing:
+            return "padded"
+        why = enable_packing(self.model)
+        if why is None:
+            try:
+                packed = np.exp(self._label_logprobs(forward_packed(self.model, prefix, rows)))
+                gap = float(np.abs(packed - full).max())
+                why = None if gap <= tol else f"packed and full forwards differ by {gap:.2e} > {tol:.0e}"
+            except Exception as exc:  # noqa: BLE001 - an architecture the packed read does not fit: padded
+                why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            disable_packing(self.model)
+            self.packing = False
+            return f"padded (packing off: {why})"
+        return "packed"
 
     def _generate_reasoning(self, batch: list[str]) -> tuple[list[str], _Generated]:
         import torch

@@ -4,10 +4,11 @@ Concurrent ``score`` calls are collected for up to ``max_wait_ms`` (or until
 ``max_batch`` texts are waiting) and scored in one padded forward pass on a
 worker thread, so the event loop never blocks and a burst of single requests
 becomes a few batched forwards. Decision-token probabilities go through the
-same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with two serving-only
+same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with three serving-only
 speed-ups: the instruction prefix's KV cache is computed once and reused, so each forward runs
-only the per-request tokens, and ``dtype="auto"`` runs the model in bfloat16 on CPUs with native
-bf16 instructions (``backends.precision``).
+only the per-request tokens; those tokens are packed end to end in one row, with no padding
+(``backends.packed``; not with ``compile``); and ``dtype="auto"`` runs the model in bfloat16 on
+CPUs with native bf16 instructions (``backends.precision``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TransformersBackend(ClassifierBackend):
             max_input_tokens=self.max_input_tokens,
             max_new_tokens=self.max_new_tokens,
             prefix_cache=self.prefix_cache,
+            packing=not self.compile,  # a per-request loop in attention would recompile per batch shape
         )
         self.scorer.prefix()  # build (and self-check) the prefix cache before the first request
         _log.info(
