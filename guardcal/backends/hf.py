@@ -142,7 +142,7 @@ class HFScorer:
         parts: list[Scores] = []
         reasoning: list[str] = []
         lengths = [max(len(p) - self._prefix_chars, 1) for p in prompts]
-        by_length = not (self.prefix() is not None and self.packing)  # builds the cache on first use
+        by_length = not (self.packing and self.prefix() is not None)  # builds the cache on first use
         for chunk in _progress(self._chunks(order, lengths, by_length), progress):
             batch = [prompts[i] for i in chunk]
             if not self.template.reasoning:
@@ -241,6 +241,7 @@ class HFScorer:
         with self._prefix_lock:
             if not self._prefix_built:
                 self._prefix, self.prefix_status = self._build_prefix()
+                self.packing = self.packing and self._prefix is not None
                 self._prefix_built = True
                 _log.info("instruction-prefix KV cache %s", self.prefix_status)
         return self._prefix
@@ -261,7 +262,6 @@ class HFScorer:
         tol = SELF_CHECK_TOL.get(dtype, SELF_CHECK_TOL_HALF)
         gap = float(np.abs(cached - full).max())
         if not gap <= tol:
-            self.packing = False
             return None, f"off: cached and full forwards differ by {gap:.2e} > {tol:.0e} on probe inputs"
         layout = self._settle_packing(prefix, rows, full, tol)
         return prefix, f"on: {len(prefix)} tokens, self-check gap {gap:.1e}, {layout}"

@@ -2,9 +2,9 @@
 
 The padded read (:func:`prefix_cache.forward_with_prefix`) left-pads each request's tokens to the
 longest in its forward, so the matmuls compute the pads too, and forwards are split by length to
-keep that waste down (about a fifth of the computed tokens on the serving benchmark's input mix,
-in ~4 forwards per 16 requests). Here the requests' tokens are laid end to end in a single row
-of batch 1, on top of the prefix cache: the matmuls run on real tokens only, in one forward.
+keep that waste down (several forwards per micro-batch when lengths vary). Here the requests'
+tokens are laid end to end in a single row of batch 1, on top of the prefix cache: the matmuls
+run on real tokens only, in one forward.
 
 Attention is the only operator that must keep the requests apart. The model runs with the
 ``guardcal_packed`` attention function (registered with transformers' ``AttentionInterface``),
@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from guardcal.backends.prefix_cache import PrefixKV
+from guardcal.errors import BackendError
 
 #: the attention implementation name a model runs under once packing is enabled
 PACKED_ATTENTION = "guardcal_packed"
@@ -121,6 +122,8 @@ def forward_packed(model: Any, prefix: PrefixKV, rows: Sequence[Sequence[int]]) 
     in one forward with no padding (``model`` must have :func:`enable_packing`)."""
     import torch
 
+    if attention_implementation(model) != PACKED_ATTENTION:  # plain attention would mix the requests
+        raise BackendError(f"packed read on a model whose attention is {attention_implementation(model)!r}")
     k, device = len(prefix), next(model.parameters()).device
     tails = [list(r[k:]) for r in rows]
     spans, start = [], 0

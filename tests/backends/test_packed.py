@@ -7,9 +7,10 @@ import pytest
 
 from guardcal.backends import hf as hf_module
 from guardcal.backends.hf import HFScorer
-from guardcal.backends.packed import PACKED_ATTENTION, _segment_mask, attention_implementation
+from guardcal.backends.packed import PACKED_ATTENTION, _segment_mask, attention_implementation, forward_packed
 from guardcal.core.prompt import PromptTemplate
 from guardcal.data.datasets import load_dataset
+from guardcal.errors import BackendError
 from guardcal.models.loading import load_model
 
 TOL = {"rtol": 1e-4, "atol": 2e-6}
@@ -79,6 +80,9 @@ def test_packing_only_replaces_sdpa_and_only_in_direct_mode(default_model):
     s = HFScorer(eager.model, eager.tokenizer, prefix_cache=True)
     assert s.prefix() is not None and not s.packing
     assert "packing off: the model's attention is 'eager'" in s.prefix_status
+    rows = eager.tokenizer([s.template.render("hello")], add_special_tokens=False)["input_ids"]
+    with pytest.raises(BackendError, match="attention is 'eager'"):  # plain attention would mix the requests
+        forward_packed(eager.model, s.prefix(), rows)
     reasoning = HFScorer(
         default_model.model, default_model.tokenizer, PromptTemplate(mode="reasoning"), prefix_cache=True
     )
