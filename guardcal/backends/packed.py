@@ -11,7 +11,8 @@ Attention is the only operator that must keep the requests apart. The model runs
 which, during a packed read, computes each request's attention separately: its queries against
 the cached prefix's keys and its own keys, causal within the request. Outside a packed read it is
 transformers' SDPA function (with SDPA's masks), so every other forward of the model is unchanged.
-Which requests the row holds travels in a thread-local, set only for the duration of the read.
+Which requests the row holds, and each one's attention mask (built once per read, shared by the
+layers), travel in a thread-local that is set only for the duration of the read.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
 from typing import Any
 
 from guardcal.backends.prefix_cache import PrefixKV
@@ -35,7 +35,7 @@ _registered = False
 
 
 @contextlib.contextmanager
-def _segments(spans: list[tuple[int, int]]) -> Iterator[None]:
+def _segments(spans: list[tuple[int, int, Any]]) -> Iterator[None]:
     _state.spans = spans
     try:
         yield
@@ -43,13 +43,12 @@ def _segments(spans: list[tuple[int, int]]) -> Iterator[None]:
         _state.spans = None
 
 
-@lru_cache(maxsize=4096)
-def _segment_mask(length: int, cached: int) -> Any:
+def _segment_mask(length: int, cached: int, device: Any = None) -> Any:
     """``(length, cached + length)``: every cached position, then causal within the request."""
     import torch
 
-    keys = torch.arange(cached + length)[None, :]
-    queries = torch.arange(length)[:, None]
+    keys = torch.arange(cached + length, device=device)[None, :]
+    queries = torch.arange(length, device=device)[:, None]
     return (keys < cached) | (keys - cached <= queries)
 
 
@@ -67,7 +66,7 @@ def packed_attention(
 
     cached = key.shape[2] - query.shape[2]  # the cache holds the prefix, then this row's keys
     outs = []
-    for start, end in spans:
+    for start, end, mask in spans:
         keys = torch.cat([key[:, :, :cached], key[:, :, cached + start : cached + end]], dim=2)
         values = torch.cat([value[:, :, :cached], value[:, :, cached + start : cached + end]], dim=2)
         outs.append(
@@ -75,7 +74,7 @@ def packed_attention(
                 query[:, :, start:end],
                 keys,
                 values,
-                attn_mask=_segment_mask(end - start, cached).to(query.device),
+                attn_mask=mask,
                 scale=scaling,
                 enable_gqa=query.shape[1] != key.shape[1],
             )
@@ -128,11 +127,11 @@ def forward_packed(model: Any, prefix: PrefixKV, rows: Sequence[Sequence[int]]) 
     tails = [list(r[k:]) for r in rows]
     spans, start = [], 0
     for tail in tails:
-        spans.append((start, start + len(tail)))
+        spans.append((start, start + len(tail), _segment_mask(len(tail), k, device)))
         start += len(tail)
     ids = torch.tensor([[t for tail in tails for t in tail]], dtype=torch.long, device=device)
     positions = torch.tensor([[k + i for tail in tails for i in range(len(tail))]], dtype=torch.long, device=device)
-    last = torch.tensor([end - 1 for _, end in spans], dtype=torch.long, device=device)
+    last = torch.tensor([end - 1 for _, end, _ in spans], dtype=torch.long, device=device)
     with torch.inference_mode(), _segments(spans):
         out = model(
             input_ids=ids,
