@@ -1,9 +1,9 @@
 """The transformers serving backend: the shared scorer behind dynamic micro-batching.
 
 Concurrent ``score`` calls are collected for up to ``max_wait_ms`` (or until
-``max_batch`` texts are waiting) and scored together (one packed forward pass,
-or a few padded ones) on a worker thread, so the event loop never blocks and a burst of single requests
-becomes a few batched forwards. Decision-token probabilities go through the
+``max_batch`` texts are waiting) and scored together (one packed forward pass, or a
+few padded ones) on a worker thread, so the event loop never blocks and a burst of
+single requests becomes a few batched forwards. Decision-token probabilities go through the
 same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with three serving-only
 speed-ups: the instruction prefix's KV cache is computed once and reused, so each forward runs
 only the per-request tokens; those tokens are packed end to end in one row, with no padding
