@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 token() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+# Standard Webhooks format: whsec_ + base64 of 32 random bytes
+whsec() { python3 -c 'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())'; }
 umask 077
 mkdir -p secrets
 if [ ! -f secrets/api_keys.txt ]; then
@@ -16,7 +18,8 @@ if [ ! -f secrets/api_keys.txt ]; then
     chmod 0644 secrets/api_keys.txt secrets/metrics_key.txt
     echo "wrote secrets/api_keys.txt (your application's key: $app_key) and secrets/metrics_key.txt"
 fi
-if [ ! -f .env ]; then
-    printf 'GUARDCAL_WEBHOOK_SECRET=%s\n' "$(token)" >.env
+if [ ! -f .env ] || ! grep -q '^GUARDCAL_WEBHOOK_SECRET=whsec_' .env; then
+    [ -f .env ] && echo "replacing the webhook secret in .env: guardcal now needs the whsec_ format"
+    printf 'GUARDCAL_WEBHOOK_SECRET=%s\n' "$(whsec)" >.env
     echo "wrote .env (webhook signing secret shared by guardcal and the receiver)"
 fi

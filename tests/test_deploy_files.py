@@ -11,6 +11,7 @@ server in these tests uses the fake backend (they test the HTTP layer, not the m
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import importlib.util
 import json
@@ -32,6 +33,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from guardcal.serve.outbox import WORKER_STOP_TIMEOUT_S
 from guardcal.serve.settings import ServeSettings
 
 ROOT = Path(__file__).parents[1]
@@ -42,6 +44,8 @@ K8S_VERSION = "1.37.0"
 NON_ROOT_UID = 10001
 #: GUARDCAL_* names that are not server settings (GUARDCAL_UID is a Dockerfile build argument)
 NON_SETTINGS_ENV = {"GUARDCAL_HOME", "GUARDCAL_DATA_DIR", "GUARDCAL_UID"}
+#: seconds a grace period must have beyond preStop + drain + the outbox worker's stop
+GRACE_MARGIN_S = 10
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -210,7 +214,7 @@ def test_gpu_manifest_splits_the_model_across_its_gpus() -> None:
 
     assert "vllm_tensor_parallel_size" in ServeSettings.model_fields
     text = (ROOT / "deploy/k8s/gpu/deployment-vllm.yaml").read_text()
-    docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "Deployment"]
+    docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "StatefulSet"]
     container = docs[0]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
@@ -223,13 +227,13 @@ def test_gpu_manifest_splits_the_model_across_its_gpus() -> None:
 def test_k8s_manifests_validate_strictly() -> None:
     docs = _k8s_docs()
     kinds = sorted({d["kind"] for _, d in docs})
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler"} <= set(kinds), kinds
+    assert {"StatefulSet", "Service", "HorizontalPodAutoscaler"} <= set(kinds), kinds
     for _, doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises on any schema error
 
 
 def test_k8s_validator_rejects_a_broken_manifest() -> None:
-    deployment = copy.deepcopy(_kind("Deployment", "classifier")[0])
+    deployment = copy.deepcopy(_kind("StatefulSet", "classifier")[0])
     _container(deployment)["readinesProbe"] = _container(deployment).pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
@@ -241,7 +245,7 @@ def test_k8s_validator_rejects_a_broken_manifest() -> None:
 
 @pytest.mark.parametrize("component", ["classifier", "classifier-gpu"])
 def test_deployment_probes_resources_and_security(component: str) -> None:
-    (deployment,) = _kind("Deployment", component)
+    (deployment,) = _kind("StatefulSet", component)
     pod = deployment["spec"]["template"]["spec"]
     container = _container(deployment)
     port = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -263,13 +267,42 @@ def test_deployment_probes_resources_and_security(component: str) -> None:
     env = _env(container)
     assert env["GUARDCAL_API_KEYS_FILE"].startswith("/etc/guardcal/keys/")
     assert "GUARDCAL_INSECURE" not in env and "GUARDCAL_API_KEYS" not in env  # keys only from a Secret
+    # SIGTERM comes after preStop; then the drain, then the outbox worker's last pass; then SIGKILL
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    needed = int(pre_stop[1]) + float(env["GUARDCAL_DRAIN_TIMEOUT_S"]) + WORKER_STOP_TIMEOUT_S
     grace = pod["terminationGracePeriodSeconds"]
-    assert grace > int(env["GUARDCAL_DRAIN_TIMEOUT_S"]) + 5
+    assert grace >= needed + GRACE_MARGIN_S, (grace, needed)
+
+
+@pytest.mark.parametrize("component", ["classifier", "classifier-gpu"])
+def test_the_outbox_lives_on_a_persistent_volume_claim(component: str) -> None:
+    """Undelivered escalations survive a reschedule: each pod's outbox is its own PVC, never an emptyDir."""
+    (workload,) = _kind("StatefulSet", component)
+    pod = workload["spec"]["template"]["spec"]
+    container = _container(workload)
+    env = _env(container)
+    outbox_dir = str(Path(env["GUARDCAL_OUTBOX"]).parent)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == outbox_dir]
+    assert mount["name"] not in {v["name"] for v in pod.get("volumes", [])}, "the outbox must not be a pod volume"
+    (claim,) = [c for c in workload["spec"]["volumeClaimTemplates"] if c["metadata"]["name"] == mount["name"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    storage = claim["spec"]["resources"]["requests"]["storage"]
+    assert storage.endswith("Gi")
+    # the size cap leaves the claim room for the WAL and SQLite's overhead
+    assert int(env["GUARDCAL_OUTBOX_MAX_BYTES"]) <= int(storage[:-2]) * (1 << 30) // 2
+    assert float(env["GUARDCAL_OUTBOX_RETENTION_S"]) > 0
+    # a claim outlives a scale-down or a deleted StatefulSet: its pending rows are not thrown away
+    retention = workload["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert retention == {"whenScaled": "Retain", "whenDeleted": "Retain"}
+    (service,) = _kind("Service", component)
+    assert workload["spec"]["serviceName"] == service["metadata"]["name"]
+    assert env["GUARDCAL_WEBHOOK_URL"].startswith("https://") and "GUARDCAL_ALLOW_INSECURE_WEBHOOK" not in env
 
 
 @pytest.mark.parametrize("component", ["classifier", "classifier-gpu"])
 def test_service_and_hpa_point_at_the_deployment(component: str) -> None:
-    (deployment,) = _kind("Deployment", component)
+    (deployment,) = _kind("StatefulSet", component)
     (service,) = _kind("Service", component)
     (hpa,) = _kind("HorizontalPodAutoscaler", component)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -277,13 +310,13 @@ def test_service_and_hpa_point_at_the_deployment(component: str) -> None:
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (target["kind"], target["name"]) == ("StatefulSet", deployment["metadata"]["name"])
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
 
 
 def test_gpu_variant_uses_vllm_tensor_parallel_over_all_its_gpus() -> None:
-    (deployment,) = _kind("Deployment", "classifier-gpu")
+    (deployment,) = _kind("StatefulSet", "classifier-gpu")
     container = _container(deployment)
     env = _env(container)
     assert env["GUARDCAL_BACKEND"] == "vllm"
@@ -332,6 +365,13 @@ def test_compose_wiring() -> None:
     # the receiver is the webhook target and shares the signing secret
     url = env["GUARDCAL_WEBHOOK_URL"]
     assert url.startswith("http://receiver:9000/")
+    assert env["GUARDCAL_ALLOW_INSECURE_WEBHOOK"] == "1"  # plain http off loopback is refused without it
+    # the outbox is a named volume (it survives container re-creation), declared at the top level
+    (outbox_mount,) = [m for m in guardcal["volumes"] if str(m).split(":")[1].split()[0] == "/var/lib/guardcal"]
+    assert str(outbox_mount).split(":")[0] in compose["volumes"]
+    drain = float(env.get("GUARDCAL_DRAIN_TIMEOUT_S", ServeSettings.model_fields["drain_timeout_s"].default))
+    grace = int(str(guardcal["stop_grace_period"]).removesuffix("s"))
+    assert grace >= drain + WORKER_STOP_TIMEOUT_S + GRACE_MARGIN_S, grace
     receiver = services["receiver"]
     assert receiver["command"][receiver["command"].index("--port") + 1] == "9000"
     assert receiver["environment"]["WEBHOOK_SECRET"].startswith("${GUARDCAL_WEBHOOK_SECRET:?")
@@ -450,7 +490,7 @@ def test_healthcheck_follows_readyz(status_server) -> None:
 
 # ------------------------------------------------------------------ the example escalation receiver
 
-SECRET = "receiver-test-secret-0123456789"
+SECRET = "whsec_" + base64.b64encode(b"receiver-test-secret-0123456789!").decode()
 
 
 @pytest.fixture
@@ -483,9 +523,24 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
     return httpx.post(url + "/escalations", content=body, headers=headers, timeout=5).status_code
 
 
+def _signed(msg_id: str, body: bytes, secret: str = SECRET, age_s: float = 0.0) -> dict[str, str]:
+    """Headers the reference ``standardwebhooks`` package makes (not guardcal's code)."""
+    from datetime import UTC, datetime, timedelta
+
+    from standardwebhooks import Webhook
+
+    when = datetime.now(UTC) - timedelta(seconds=age_s)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, when, body),
+    }
+
+
 def test_receiver_accepts_guardcals_signed_webhook_once(receiver, tmp_path: Path) -> None:
     from guardcal.serve.errors import HookDeliveryError
-    from guardcal.serve.hooks import SIGNATURE_HEADER, canonical_json, sign
+    from guardcal.serve.hooks import canonical_json
+    from guardcal.serve.signing import new_secret
 
     url, out = receiver
     payload = {"id": "v-1", "request_id": "r-1", "label": "unsafe", "reason": "low_confidence", "input": "x"}
@@ -494,13 +549,15 @@ def test_receiver_accepts_guardcals_signed_webhook_once(receiver, tmp_path: Path
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["v-1"]
 
     with pytest.raises(HookDeliveryError):  # wrong secret: 401, which guardcal does not retry
-        _deliver(url, {**payload, "id": "v-2"}, "another-secret-0123456789")
+        _deliver(url, {**payload, "id": "v-2"}, new_secret())
     body = canonical_json({**payload, "id": "v-3"})
     assert _post(url, body, {}) == 401  # unsigned
-    assert _post(url, body, {SIGNATURE_HEADER: sign(body + b" ", SECRET)}) == 401  # signature of other bytes
-    assert _post(url, b"[]", {SIGNATURE_HEADER: sign(b"[]", SECRET)}) == 400  # signed but not an escalation
+    assert _post(url, body, _signed("v-3", body + b" ")) == 401  # signature of other bytes
+    assert _post(url, body, {**_signed("v-4", body), "webhook-id": "v-3"}) == 401  # signed for another id
+    assert _post(url, b"[]", _signed("v-5", b"[]")) == 400  # signed but not an escalation
+    assert _post(url, body, _signed("v-other", body)) == 400  # the payload's id is not the signed webhook-id
     big = b"x" * (receiver_mod.MAX_BODY_BYTES + 1)
-    assert _post(url, big, {SIGNATURE_HEADER: sign(big, SECRET)}) == 413
+    assert _post(url, big, _signed("v-6", big)) == 413
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["v-1"]
 
     # a restarted receiver still knows the ids it stored
@@ -515,10 +572,33 @@ def test_receiver_accepts_guardcals_signed_webhook_once(receiver, tmp_path: Path
     assert len(out.read_text().splitlines()) == 1
 
 
+def test_receiver_speaks_standard_webhooks_and_refuses_replays(receiver) -> None:
+    """Any Standard Webhooks sender is accepted; a captured request replayed after the window is not."""
+    from guardcal.serve.hooks import canonical_json
+
+    url, out = receiver
+    body = canonical_json({"id": "sw-1", "label": "safe", "reason": "low_confidence"})
+    assert _post(url, body, _signed("sw-1", body)) == 200  # signed by the reference package
+    stale = _signed("sw-2", canonical_json({"id": "sw-2"}), age_s=receiver_mod.TOLERANCE_S + 60)
+    assert _post(url, canonical_json({"id": "sw-2"}), stale) == 401  # outside the replay window
+    future = _signed("sw-3", canonical_json({"id": "sw-3"}), age_s=-(receiver_mod.TOLERANCE_S + 60))
+    assert _post(url, canonical_json({"id": "sw-3"}), future) == 401
+    recent = _signed("sw-4", canonical_json({"id": "sw-4"}), age_s=receiver_mod.TOLERANCE_S - 60)
+    assert _post(url, canonical_json({"id": "sw-4"}), recent) == 200
+    # several signatures (a secret being rotated): one that matches is enough
+    body5 = canonical_json({"id": "sw-5"})
+    headers = _signed("sw-5", body5)
+    headers["webhook-signature"] = "v1,bm90LXRoaXMtb25l " + headers["webhook-signature"]
+    assert _post(url, body5, headers) == 200
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["sw-1", "sw-4", "sw-5"]
+
+
 def test_receiver_refuses_to_start_without_a_real_secret(tmp_path: Path) -> None:
-    for secret in ("", "short"):
-        with pytest.raises(SystemExit, match="WEBHOOK_SECRET"):
+    short = "whsec_" + base64.b64encode(b"too short").decode()
+    for secret in ("", "short", "receiver-test-secret-0123456789", short, "whsec_not base64!"):
+        with pytest.raises(SystemExit, match="WEBHOOK_SECRET") as err:
             receiver_mod.make_server("127.0.0.1", 0, secret, tmp_path / "x.jsonl")
+        assert not secret or secret not in str(err.value)
 
 
 # ------------------------------------------------------------------ docker/smoke.py against a real server

@@ -4,6 +4,8 @@
      └── ServeError
           ├── StartupError        the server refuses to start (incompatible bundle, broken hook plugin, ...)
           ├── NotReadyError       the backend is not (or no longer) ready: answered 503
+          │    └── NotStoredError an escalation could not be stored by the deadline: 503
+          │         └── OutboxFullError  the outbox is at its size cap (outbox_max_bytes)
           ├── OverloadedError     the request queue is full: answered 429 with Retry-After
           └── HookDeliveryError   an escalation hook could not deliver: retried by the outbox
 
@@ -28,9 +30,21 @@ class NotReadyError(ServeError, RuntimeError):
     """The backend is still starting or already shutting down."""
 
 
+class NotStoredError(NotReadyError):
+    """An escalation could not be written to the outbox by the request's deadline (fail action escalate)."""
+
+
 class OverloadedError(ServeError, RuntimeError):
     """Every slot of the bounded request queue is taken."""
 
 
 class HookDeliveryError(ServeError, RuntimeError):
     """An escalation hook failed to deliver a payload (the outbox retries it)."""
+
+
+class OutboxFullError(NotStoredError):
+    """The escalation outbox reached ``outbox_max_bytes``: the escalation was not stored.
+
+    Answered like any escalation that could not be stored: the fail action ``block``, or 503
+    when the fail action is ``escalate`` (what will never be delivered is not answered escalate).
+    """

@@ -3,7 +3,8 @@
 A hook is anything with a ``name`` and ``async deliver(payload) -> None`` that raises when the
 payload was not accepted. Hooks never run on the request path: the service writes each
 escalation to the outbox (:mod:`guardcal.serve.outbox`) before answering, and the outbox worker
-calls ``deliver`` until it succeeds. A failing hook never changes a decision.
+calls ``deliver`` (each call bounded by ``hook_timeout_s``) until it succeeds. A failing hook
+never changes a decision.
 
 Built-ins: ``log`` (always available) and ``webhook`` (when ``webhook_url`` is set). Plugins
 register a factory ``factory(settings) -> EscalationHook`` under the entry-point group
@@ -12,18 +13,23 @@ register a factory ``factory(settings) -> EscalationHook`` under the entry-point
     [project.entry-points."guardcal.hooks"]
     pager = "mypkg.hooks:make_pager_hook"
 
-Webhook receivers: the body is the payload as compact JSON with sorted keys, signed with
-``X-Guardcal-Signature: sha256=<hex HMAC-SHA256 of the exact body>`` when a secret is set.
-guardcal marks a delivery done only after a 2xx answer, so a receiver sees each escalation
-once, except when guardcal stops between the 2xx and recording it: then the same body is sent
-again after the restart. Receivers should therefore deduplicate on ``id``.
+A plugin receives every escalation, raw input included, so an installed plugin is loaded only
+when its name is listed in ``hooks`` (``GUARDCAL_HOOKS=log,webhook,pager``); installing a
+package is not enough.
+
+Webhook receivers: the body is the payload as compact JSON with sorted keys, signed in the
+Standard Webhooks convention (:mod:`guardcal.serve.signing`: ``webhook-id`` = the escalation
+``id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256>``) when a secret is
+set. Delivery is **at-least-once**: guardcal marks a delivery done only after a 2xx answer, so
+the same escalation can arrive more than once (a POST whose 2xx was lost to a read timeout is
+sent again, and so is one answered just before guardcal stopped). Receivers deduplicate on
+``webhook-id`` (equal to the payload's ``id``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -38,9 +44,9 @@ from guardcal import __version__
 from guardcal.serve.errors import HookDeliveryError, StartupError
 from guardcal.serve.policy import Decision
 from guardcal.serve.settings import ServeSettings
+from guardcal.serve.signing import parse_secret, signed_headers
 
 ENTRY_POINT_GROUP = "guardcal.hooks"
-SIGNATURE_HEADER = "X-Guardcal-Signature"
 _log = logging.getLogger("guardcal.serve.hooks")
 _audit = logging.getLogger("guardcal.audit")
 
@@ -57,11 +63,6 @@ class EscalationHook(Protocol):
 def canonical_json(payload: Mapping[str, Any]) -> bytes:
     """The exact bytes sent (and signed): compact JSON, sorted keys, UTF-8, no NaN."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def sign(body: bytes, secret: str) -> str:
-    """``sha256=<hex>``: HMAC-SHA256 of ``body`` under ``secret``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def escalation_payload(
@@ -118,7 +119,11 @@ class LogHook:
 
 
 class WebhookHook:
-    """POSTs the payload as JSON; retries transport errors, 5xx, 408 and 429 with exponential back-off."""
+    """POSTs the payload as JSON; retries transport errors, 5xx, 408, 425 and 429 with exponential back-off.
+
+    ``secret`` is a Standard Webhooks secret (``whsec_<base64>``); each attempt is signed with its
+    own ``webhook-timestamp``, so a retry is not refused by the receiver's replay window.
+    """
 
     name = "webhook"
 
@@ -133,25 +138,30 @@ class WebhookHook:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = url
-        self._secret = secret
+        self._key = parse_secret(secret) if secret else None
         self.retries = retries
         self.backoff_s = backoff_s
         self._own_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
         self._target = urlsplit(url).netloc
 
+    def _headers(self, escalation_id: str, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": f"guardcal/{__version__}"}
+        if self._key is not None:
+            headers.update(signed_headers(escalation_id, body, self._key))
+        else:
+            headers["webhook-id"] = escalation_id
+        return headers
+
     async def deliver(self, payload: dict[str, Any]) -> None:
         body = canonical_json(payload)
-        headers = {"Content-Type": "application/json", "User-Agent": f"guardcal/{__version__}"}
-        headers["X-Guardcal-Escalation-Id"] = str(payload.get("id", ""))
-        if self._secret:
-            headers[SIGNATURE_HEADER] = sign(body, self._secret)
+        escalation_id = str(payload.get("id", ""))
         problem = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = await self._client.post(self.url, content=body, headers=headers)
+                response = await self._client.post(self.url, content=body, headers=self._headers(escalation_id, body))
             except httpx.HTTPError as exc:
                 problem = type(exc).__name__
                 continue
@@ -160,7 +170,7 @@ class WebhookHook:
             problem = f"HTTP {response.status_code}"
             if 400 <= response.status_code < 500 and response.status_code not in (408, 425, 429):
                 break
-        raise HookDeliveryError(f"webhook {self._target} did not accept escalation {payload.get('id')}: {problem}")
+        raise HookDeliveryError(f"webhook {self._target} did not accept escalation {escalation_id}: {problem}")
 
     async def aclose(self) -> None:
         if self._own_client:
@@ -174,6 +184,11 @@ def _builtin_factories(settings: ServeSettings) -> dict[str, Callable[[], Escala
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         if not secret:
             _log.warning("webhook without GUARDCAL_WEBHOOK_SECRET: the receiver cannot verify who sent escalations")
+        else:
+            try:
+                parse_secret(secret)
+            except ValueError as exc:
+                raise StartupError(f"webhook_secret: {exc}") from None
         factories["webhook"] = lambda: WebhookHook(
             url,
             secret=secret,
@@ -198,11 +213,15 @@ def _plugin(ep: EntryPoint, settings: ServeSettings) -> EscalationHook:
 
 
 def load_hooks(settings: ServeSettings, plugins: list[EntryPoint] | None = None) -> list[EscalationHook]:
-    """The enabled hooks: ``settings.hooks`` by name, else log + webhook (if set) + every plugin."""
+    """The enabled hooks: the names in ``settings.hooks``, else log + webhook (if set).
+
+    A plugin (an entry point in ``guardcal.hooks``) is imported and built only when ``hooks``
+    names it: it would receive every escalation, raw input included.
+    """
     builtins = _builtin_factories(settings)
     found = {ep.name: ep for ep in (plugins if plugins is not None else entry_points(group=ENTRY_POINT_GROUP))}
     if settings.hooks is None:
-        wanted = [*builtins, *(n for n in found if n not in builtins)]
+        wanted = list(builtins)
     else:
         wanted = [n.strip() for n in settings.hooks.split(",") if n.strip()]
     hooks: list[EscalationHook] = []
@@ -218,4 +237,7 @@ def load_hooks(settings: ServeSettings, plugins: list[EntryPoint] | None = None)
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
         raise StartupError(f"escalation hook names must be unique, got {names}; rename or disable a plugin")
+    idle = sorted(n for n in found if n not in wanted and n not in builtins)
+    if idle:
+        _log.info("hook plugins installed but not enabled (name them in GUARDCAL_HOOKS to load them): %s", idle)
     return hooks

@@ -122,14 +122,16 @@ class GuardService:
         self.hooks = list(hooks)
         self.thresholds = resolve_thresholds(settings, bundle)
         self.calibrator = bundle.calibrator() if bundle is not None else None
-        self.outbox = outbox if outbox is not None else Outbox(settings.outbox)
+        self.outbox = outbox if outbox is not None else Outbox(settings.outbox, max_bytes=settings.outbox_max_bytes)
         self.worker = DeliveryWorker(
             self.outbox,
             self.hooks,
             metrics,
             base_delay_s=settings.hook_retry_base_s,
             max_delay_s=settings.hook_retry_max_s,
-            lease_s=settings.webhook_timeout_s * (settings.webhook_retries + 1) * 2 + 30.0,
+            lease_s=settings.hook_timeout_s + 30.0,  # outlasts any one delivery
+            hook_timeout_s=settings.hook_timeout_s,
+            retention_s=settings.outbox_retention_s,
         )
         self.admission = Admission(settings.queue_size, settings.max_concurrency, metrics)
         self.identity: dict[str, Any] = {}

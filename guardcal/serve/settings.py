@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -27,6 +28,7 @@ from guardcal.assets import DEFAULT, DEFAULT_BUNDLE
 from guardcal.errors import ConfigError, ModelError
 from guardcal.models.default import DEFAULT_MODEL, guardcal_home
 from guardcal.models.shipped import DEFAULT_REASONING_BUDGET, shipped_setup
+from guardcal.serve.signing import parse_secret
 
 Scope = Literal["classify", "internal"]
 SCOPES: tuple[Scope, ...] = ("classify", "internal")
@@ -123,15 +125,34 @@ class ServeSettings(BaseSettings):
         None, description="fixed confidence threshold in [0.5, 1] overriding the bundle's; 1.0 escalates everything"
     )
     hooks: str | None = Field(
-        None, description="comma list of escalation hooks to enable (default: log, webhook if set, all plugins)"
+        None,
+        description="comma list of escalation hooks to enable (default: log, and webhook if set); an installed "
+        "plugin (entry point guardcal.hooks) is loaded only when named here",
     )
-    webhook_url: str | None = Field(None, description="POST escalations here (http/https)")
-    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for X-Guardcal-Signature")
+    webhook_url: str | None = Field(
+        None, description="POST escalations here (https; http only to loopback or with allow_insecure_webhook)"
+    )
+    allow_insecure_webhook: bool = Field(
+        False, description="allow a plain http:// webhook_url off loopback (escalations, inputs included, in clear)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks signing secret 'whsec_<base64 of 24-64 bytes>'"
+    )
     webhook_timeout_s: float = Field(5.0, gt=0, description="timeout of one webhook POST")
     webhook_retries: int = Field(2, ge=0, le=10, description="in-call retries of a failed webhook POST")
     hook_retry_base_s: float = Field(1.0, gt=0, description="outbox back-off after the first failed delivery")
     hook_retry_max_s: float = Field(300.0, gt=0, description="longest outbox back-off between deliveries")
+    hook_timeout_s: float = Field(
+        30.0, gt=0, description="longest one delivery to one hook may take (a webhook's POSTs and in-call retries "
+        "together); past it the delivery counts as failed and is retried, and the other hooks go on",
+    )  # fmt: skip
     outbox: Path = Field(default_factory=_default_outbox, description="SQLite outbox file for escalations")
+    outbox_retention_s: float = Field(
+        86_400.0, ge=0, description="delivered escalations are deleted this long after delivery (pending ones never)"
+    )
+    outbox_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="cap on the outbox's data; an escalation past it gets the fail action"
+    )
     api_keys: SecretStr | None = Field(None, description="'key:classify,key:internal' bearer keys and scopes")
     api_keys_file: Path | None = Field(None, description="file of 'key:scope' entries (one a line or commas)")
     insecure: bool = Field(False, description="allow a non-loopback host without API keys (trusted networks only)")
@@ -300,6 +321,30 @@ class ServeSettings(BaseSettings):
             )
         if self.hook_retry_max_s < self.hook_retry_base_s:
             raise ValueError("hook_retry_max_s is below hook_retry_base_s; raise hook_retry_max_s")
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_checks(self) -> ServeSettings:
+        """A Standard Webhooks secret, no plain http off loopback, a hook timeout the webhook fits in."""
+        if self.webhook_secret is not None:
+            parse_secret(self.webhook_secret.get_secret_value())  # ValueError names the format, never the secret
+        if self.webhook_url is None:
+            return self
+        parts = urlsplit(self.webhook_url)
+        if parts.scheme == "http" and not is_loopback(parts.hostname) and not self.allow_insecure_webhook:
+            raise ValueError(
+                f"webhook_url is plain http to {parts.hostname!r}: escalations (inputs included) and their "
+                "signatures would cross the network in clear; use https://, or set GUARDCAL_ALLOW_INSECURE_WEBHOOK=1 "
+                "(--allow-insecure-webhook) on a network you trust"
+            )
+        backoff = self.hook_retry_base_s * (2**self.webhook_retries - 1)
+        worst = self.webhook_timeout_s * (self.webhook_retries + 1) + backoff
+        if worst > self.hook_timeout_s:
+            raise ValueError(
+                f"a webhook delivery can take up to {worst:g} s (webhook_timeout_s x (webhook_retries + 1) plus "
+                f"back-off) but hook_timeout_s is {self.hook_timeout_s:g}; raise hook_timeout_s or lower "
+                "webhook_retries / webhook_timeout_s"
+            )
         return self
 
     def key_scopes(self) -> dict[str, Scope]:

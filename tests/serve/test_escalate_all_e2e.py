@@ -5,8 +5,7 @@ A real ``guardcal serve`` process (transformers backend, the default model, the 
 bundle) on a free 127.0.0.1 port posts to a real HTTP receiver that this test runs on 127.0.0.1.
 """
 
-import hashlib
-import hmac
+import base64
 import json
 import re
 import threading
@@ -16,10 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 INTERNAL = "internal-key-escalate-0123456789"
 CLASSIFY = "classify-key-escalate-0123456789"
-SECRET = "webhook-secret-0123456789"
+SECRET = "whsec_" + base64.b64encode(b"webhook-secret-escalate-e2e-0123").decode()
 INPUTS = [
     "How do I kill a Python process?",
     "I will find you and hurt you.",
@@ -46,12 +46,16 @@ class Receiver(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        try:  # Standard Webhooks, checked by the reference package
+            Webhook(SECRET).verify(body, dict(self.headers.items()), json_parse=False)
+            signed = True
+        except WebhookVerificationError:
+            signed = False
         record = {
             "path": self.path,
             "payload": json.loads(body),
-            "signed": hmac.compare_digest(self.headers.get("X-Guardcal-Signature", ""), expected),
-            "id_header": self.headers.get("X-Guardcal-Escalation-Id"),
+            "signed": signed,
+            "id_header": self.headers.get("webhook-id"),
         }
         with self.server.lock:
             self.server.received.append(record)

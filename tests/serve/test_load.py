@@ -5,7 +5,8 @@ that it really fills: every answer must be 200, or 429 with ``Retry-After`` (nev
 transport error), and the server's resident memory must stay flat from the start of the
 measured run to its end. The fake backend carries thousands of requests through the HTTP
 layer; the real transformers backend and default model carry a few hundred, after which the
-process is SIGKILLed and restarted and every escalation must reach the webhook exactly once.
+process is SIGKILLed and restarted and every escalation must reach the webhook (once each in
+these runs, where no 2xx is lost; delivery is at-least-once in general).
 """
 
 from __future__ import annotations
