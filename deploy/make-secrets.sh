@@ -12,9 +12,10 @@ mkdir -p secrets
 if [ ! -f secrets/api_keys.txt ]; then
     app_key=$(token)
     internal_key=$(token)
-    printf '# KEY:SCOPE, one a line; classify = label and action only, internal = also confidence and /metrics\n%s:classify\n%s:internal\n' \
-        "$app_key" "$internal_key" >secrets/api_keys.txt
-    printf '%s\n' "$internal_key" >secrets/metrics_key.txt
+    metrics_key=$(token)
+    printf '# KEY:SCOPE, one a line; classify = label and action only, internal = also confidence and /metrics,\n# metrics = /metrics only (Prometheus)\n%s:classify\n%s:internal\n%s:metrics\n' \
+        "$app_key" "$internal_key" "$metrics_key" >secrets/api_keys.txt
+    printf '%s\n' "$metrics_key" >secrets/metrics_key.txt
     chmod 0644 secrets/api_keys.txt secrets/metrics_key.txt
     echo "wrote secrets/api_keys.txt (your application's key: $app_key) and secrets/metrics_key.txt"
 fi

@@ -19,7 +19,8 @@
 #   5. runs the image with --memory/--cpus limits, a read-only root filesystem, no capabilities,
 #      API keys from a mounted file and the port published on 127.0.0.1 only; waits for the
 #      HEALTHCHECK to report healthy; runs docker/smoke.py (safe and unsafe inputs, response
-#      shape, no score for a classify key, confidence for an internal key, metrics scope);
+#      shape, no score for a classify key, confidence for an internal key, metrics scope; keys
+#      read from the keys file, never passed on a command line);
 #      checks no process in the container runs as root; stops it (graceful exit expected);
 #   6. removes the container, images, dockerd state, bridge and temp dir.
 #
@@ -195,9 +196,7 @@ echo "built $IMAGE in $(($(date +%s) - build_start)) s: $IMAGE_MB MB"
 # ---------------------------------------------------------------- 5. run and check
 step "run: --memory $MEMORY --cpus $CPUS --read-only --cap-drop ALL, port on 127.0.0.1 only"
 key() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
-CLASSIFY_KEY=$(key)
-INTERNAL_KEY=$(key)
-printf '%s:classify\n%s:internal\n' "$CLASSIFY_KEY" "$INTERNAL_KEY" >"$WORK/api_keys"
+printf '%s:classify\n%s:internal\n%s:metrics\n' "$(key)" "$(key)" "$(key)" >"$WORK/api_keys"
 chmod 0644 "$WORK/api_keys"
 echo "(docker may warn that IPv4 forwarding is disabled: intended, the container gets no route out)"
 "$DOCKER" run -d --name "$CONTAINER" --memory "$MEMORY" --cpus "$CPUS" \
@@ -224,7 +223,7 @@ done
 echo "healthy after $(($(date +%s) - run_start)) s (HEALTHCHECK on /readyz)"
 
 step "HTTP checks (docker/smoke.py against http://$HOSTPORT)"
-python3 "$REPO/docker/smoke.py" --url "http://$HOSTPORT" --classify-key "$CLASSIFY_KEY" --internal-key "$INTERNAL_KEY" \
+python3 "$REPO/docker/smoke.py" --url "http://$HOSTPORT" --keys-file "$WORK/api_keys" \
     || { "$DOCKER" logs "$CONTAINER" 2>&1 | tail -40; die "HTTP checks failed"; }
 
 step "non-root"

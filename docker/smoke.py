@@ -1,13 +1,16 @@
 """HTTP checks of a running guardcal server with API keys (used by docker/ci-check.sh).
 
-    python3 docker/smoke.py --url http://127.0.0.1:PORT --classify-key K1 --internal-key K2
+    python3 docker/smoke.py --url http://127.0.0.1:PORT --keys-file api_keys.txt
+
+The keys come from the server's own keys file (the first key of each scope), never from the
+command line, where every user of the machine could read them (``ps``).
 
 Standard library only (runs with the host's python3). Exit 0 when every check passes; each
 failure is printed with what was expected. What it checks: health and readiness; a request
 without a key is refused; a clearly safe and a clearly unsafe input get label and action
 only, with no score anywhere in the body or headers for a ``classify`` key; an ``internal``
 key does get ``confidence`` (so the no-score check is not vacuous); ``/metrics`` needs the
-internal scope and counts the requests.
+internal or metrics scope and counts the requests; a metrics key cannot classify.
 """
 
 # ruff: noqa: T201 (a command-line script: it prints its checks)
@@ -81,7 +84,19 @@ def check_verdict(checks: Checks, name: str, status: int, headers: dict[str, str
     return body
 
 
-def run(url: str, classify_key: str, internal_key: str) -> Checks:
+def keys_from_file(path: str) -> dict[str, str]:
+    """The first key of each scope in a guardcal keys file ('KEY:SCOPE', commas or lines, # comments)."""
+    with open(path, encoding="utf-8") as f:
+        entries = [e.strip() for line in f for e in line.split("#", 1)[0].split(",")]
+    keys: dict[str, str] = {}
+    for entry in entries:
+        key, sep, scope = entry.rpartition(":")
+        if sep and key.strip():
+            keys.setdefault(scope.strip(), key.strip())
+    return keys
+
+
+def run(url: str, classify_key: str, internal_key: str, metrics_key: str | None = None) -> Checks:
     checks = Checks()
     status, _, raw = call(url, "/healthz")
     checks.expect(status == 200, f"/healthz: 200 (got {status})")
@@ -123,16 +138,27 @@ def run(url: str, classify_key: str, internal_key: str) -> Checks:
         for line in raw.decode(errors="replace").splitlines()
     )
     checks.expect(status == 200 and counted, f"/metrics with an internal key: 200 and requests counted (got {status})")
+    if metrics_key is not None:
+        status, _, raw = call(url, "/metrics", key=metrics_key)
+        checks.expect(
+            status == 200 and b"guardcal_requests_total" in raw, f"/metrics with a metrics key: 200 (got {status})"
+        )
+        status, _, _ = call(url, "/classify", {"input": SAFE_TEXT}, metrics_key)
+        checks.expect(status == 403, f"/classify with a metrics key: 403 (got {status})")
     return checks
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--classify-key", required=True)
-    parser.add_argument("--internal-key", required=True)
+    parser.add_argument("--keys-file", required=True, help="the server's API keys file (KEY:SCOPE lines)")
     args = parser.parse_args()
-    checks = run(args.url.rstrip("/"), args.classify_key, args.internal_key)
+    keys = keys_from_file(args.keys_file)
+    missing = [s for s in ("classify", "internal") if s not in keys]
+    if missing:
+        print(f"smoke: {args.keys_file} has no key of scope {missing}; add 'KEY:classify' and 'KEY:internal' lines")
+        return 2
+    checks = run(args.url.rstrip("/"), keys["classify"], keys["internal"], keys.get("metrics"))
     print(f"smoke: {checks.passed} checks ok, {len(checks.failures)} failed")
     return 1 if checks.failures else 0
 

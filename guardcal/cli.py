@@ -209,12 +209,14 @@ class ServeCommand(Command):
     help = "serve the calibrated guard model over HTTP: POST /classify, /healthz, /readyz, /metrics"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        from guardcal.serve.settings import ServeSettings
+        from guardcal.serve.settings import SECRET_FIELDS, ServeSettings
 
         parser.add_argument("--config", help="YAML file of settings (flags > GUARDCAL_* environment > YAML)")
         for name, info in ServeSettings.model_fields.items():
             flag = "--" + name.replace("_", "-")
-            if info.annotation is bool:
+            if name in SECRET_FIELDS:  # refused with the fix, and kept out of --help
+                parser.add_argument(flag, dest=f"refused_{name}", action=RefuseSecretFlag, help=argparse.SUPPRESS)
+            elif info.annotation is bool:
                 parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=info.description)
             else:
                 parser.add_argument(flag, dest=name, help=info.description)
@@ -227,6 +229,21 @@ class ServeCommand(Command):
         settings = ServeSettings.load(args.config, **overrides)
         serve(settings, build_backend(settings))
         return 0
+
+
+class RefuseSecretFlag(argparse.Action):
+    """A secret given as a flag: refused (every user of the machine can read argv, e.g. with ``ps``)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None
+    ) -> None:
+        flag = self.option_strings[0]
+        env = "GUARDCAL_" + flag.removeprefix("--").replace("-", "_").upper()
+        parser.error(
+            f"{flag} is refused: command-line arguments are visible to every user of the machine (ps, /proc), "
+            f"so secrets never go there; set {env} in the environment, or put the secret in a file only the "
+            f"server's user can read and pass {flag}-file FILE ({env}_FILE)"
+        )
 
 
 def build_backend(settings: Any) -> Any:

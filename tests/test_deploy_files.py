@@ -17,6 +17,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -181,6 +182,34 @@ def test_install_script_and_ci_check_parse() -> None:
     text = (DOCKER / "ci-check.sh").read_text()
     for must in ("trap cleanup EXIT", "--memory", "--cpus", "-p 127.0.0.1::8000", "stand-in", "debootstrap"):
         assert must in text, must
+
+
+def test_no_key_or_webhook_secret_is_ever_a_command_line_argument() -> None:
+    """argv is visible to every user of the machine (ps): keys and the webhook secret go in files or the
+    environment. The server refuses the flags (tests/serve/test_secrets.py); no script or manifest uses one."""
+    flags = ("--api-keys ", "--api-keys=", "--webhook-secret ", "--webhook-secret=")
+    flags += ("--classify-key", "--internal-key")  # docker/smoke.py's, before it read the keys file
+    files = [*DOCKER.glob("*.sh"), *DOCKER.glob("*.py"), *DEPLOY.rglob("*.sh"), *DEPLOY.rglob("*.y*ml")]
+    for path in files:
+        text = path.read_text()
+        assert not [f for f in flags if f in text], path
+    assert '--keys-file "$WORK/api_keys"' in (DOCKER / "ci-check.sh").read_text()
+    for component in ("deployment.yaml", "gpu/deployment-vllm.yaml"):
+        for doc in yaml.safe_load_all((DEPLOY / "k8s" / component).read_text()):
+            for container in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                argv = " ".join(container.get("command", []) + container.get("args", []))
+                assert "key" not in argv.lower() and "secret" not in argv.lower(), (component, argv)
+
+
+def test_make_secrets_gives_prometheus_a_metrics_scope_key(tmp_path: Path) -> None:
+    from guardcal.serve.settings import parse_api_keys
+
+    shutil.copy(DEPLOY / "make-secrets.sh", tmp_path / "make-secrets.sh")
+    subprocess.run(["bash", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True)
+    keys = parse_api_keys((tmp_path / "secrets" / "api_keys.txt").read_text())
+    assert sorted(keys.values()) == ["classify", "internal", "metrics"]
+    assert keys[(tmp_path / "secrets" / "metrics_key.txt").read_text().strip()] == "metrics"
+    assert smoke_mod.keys_from_file(str(tmp_path / "secrets" / "api_keys.txt")) == {v: k for k, v in keys.items()}
 
 
 # ------------------------------------------------------------------ GUARDCAL_* names are real settings
@@ -605,6 +634,7 @@ def test_receiver_refuses_to_start_without_a_real_secret(tmp_path: Path) -> None
 
 CLASSIFY_KEY = "smoke-classify-key-0123456789"
 INTERNAL_KEY = "smoke-internal-key-0123456789"
+METRICS_KEY = "smoke-metrics-key-0123456789"
 
 
 @pytest.fixture
@@ -630,7 +660,7 @@ def guardcal_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver) -
         bundle=None,
         outbox=tmp_path / "outbox.sqlite3",
         escalate_below=1.0,  # every decision escalates: exercises the webhook to the receiver
-        api_keys=f"{CLASSIFY_KEY}:classify,{INTERNAL_KEY}:internal",
+        api_keys=f"{CLASSIFY_KEY}:classify,{INTERNAL_KEY}:internal,{METRICS_KEY}:metrics",
         webhook_url=receiver_url + "/escalations",
         webhook_secret=SECRET,
         hook_retry_base_s=0.05,
@@ -651,7 +681,7 @@ def guardcal_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver) -
 
 def test_smoke_script_passes_against_guardcal_and_escalations_reach_the_receiver(guardcal_server) -> None:
     url, out = guardcal_server
-    checks = smoke_mod.run(url, CLASSIFY_KEY, INTERNAL_KEY)
+    checks = smoke_mod.run(url, CLASSIFY_KEY, INTERNAL_KEY, METRICS_KEY)
     assert checks.failures == [] and checks.passed >= 15
     deadline = time.time() + 20
     while time.time() < deadline and len(out.read_text().splitlines() if out.exists() else []) < 5:

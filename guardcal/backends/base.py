@@ -40,6 +40,11 @@ class ClassifierBackend(ABC):
         """Release the model; ``ready`` becomes False."""
         self.ready = False
 
+    def alive(self) -> bool:
+        """False once the worker that runs the model has stopped for good (the server then reports
+        itself unready and unhealthy); backends without a worker of their own stay alive."""
+        return True
+
     @abstractmethod
     async def score(self, texts: list[str]) -> Scores:
         """Decision-token readings for ``texts`` (one entry per text, same order)."""

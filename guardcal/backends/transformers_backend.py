@@ -62,6 +62,7 @@ class TransformersBackend(ClassifierBackend):
         self.scorer: Any = None
         self._identity: dict[str, Any] = {}
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._running: list[_Pending] = []  # the batch being scored (failed if the worker dies)
         self._worker: asyncio.Task[None] | None = None
         # One dedicated model thread: torch runs one forward at a time anyway, and glibc gives every
         # thread that allocates its own malloc arena, so rotating over asyncio.to_thread's pool grew
@@ -77,6 +78,7 @@ class TransformersBackend(ClassifierBackend):
         await self._in_model_thread(self._load)
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name="guardcal-transformers-batcher")
+        self._worker.add_done_callback(self._on_worker_exit)
         # the first forwards pay one-off costs (with --compile: the compile) before /readyz says ready
         await self.score(["warm-up"])
         if self.compile:  # a batch of two as well: torch.compile specialises a dimension of size 1
@@ -120,6 +122,10 @@ class TransformersBackend(ClassifierBackend):
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
+    def alive(self) -> bool:
+        """The batching task that feeds the model thread runs (False once it stopped, or before start)."""
+        return self._worker is not None and not self._worker.done()
+
     async def score(self, texts: list[str]) -> Scores:
         if self._queue is None or self._worker is None or self._worker.done():
             raise BackendError("the transformers backend is not running; start() it first")
@@ -140,7 +146,25 @@ class TransformersBackend(ClassifierBackend):
                     batch.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except TimeoutError:
                     break
-            await self._score_batch([p for p in batch if not p.future.done()])
+            self._running = [p for p in batch if not p.future.done()]
+            await self._score_batch(self._running)
+            self._running = []
+
+    def _on_worker_exit(self, worker: asyncio.Task[None]) -> None:
+        """The batcher stopped (cancelled by aclose, or killed by an error): fail whoever still waits."""
+        died = None if worker.cancelled() else worker.exception()
+        if died is not None:
+            _log.error(
+                "the transformers model worker died (%s); the server reports itself unready", type(died).__name__
+            )
+        failure = BackendError("the transformers model worker stopped before this request was scored")
+        for p in self._running:
+            if not p.future.done():
+                p.future.set_exception(failure)
+        while self._queue is not None and not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(failure)
 
     async def _score_batch(self, batch: list[_Pending]) -> None:
         if not batch:
@@ -162,7 +186,7 @@ class TransformersBackend(ClassifierBackend):
 
     async def aclose(self) -> None:
         self.ready = False
-        if self._worker is not None:
+        if self._worker is not None and not self._worker.done():  # a dead one was reported when it died
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker

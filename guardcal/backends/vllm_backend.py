@@ -231,6 +231,10 @@ class VLLMBackend(ClassifierBackend):
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
+    def alive(self) -> bool:
+        """The engine thread is running (False once it stopped, e.g. after a fatal engine error)."""
+        return self._engine is not None and self._engine.running
+
     # -- scoring -----------------------------------------------------------------------
 
     async def score(self, texts: list[str]) -> Scores:

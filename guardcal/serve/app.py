@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 
 from guardcal import __version__
 from guardcal.backends.base import ClassifierBackend
-from guardcal.serve.deps import KeyRing, require_internal
+from guardcal.serve.deps import AuthMiddleware, KeyRing, require_metrics
 from guardcal.serve.handlers import BodyLimitMiddleware, install_error_handlers
 from guardcal.serve.hooks import EscalationHook, load_hooks
 from guardcal.serve.metrics import ServeMetrics, attach_metrics
@@ -97,8 +97,10 @@ def create_app(
     app.state.service = None
     install_error_handlers(app, metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
+    # added last, so it runs first: a caller without a valid key is refused before the body is read
+    app.add_middleware(AuthMiddleware, keyring=app.state.keyring, settings=settings, metrics=metrics)
     app.include_router(router)
-    attach_metrics(app, metrics, dependencies=[Depends(require_internal)])
+    attach_metrics(app, metrics, dependencies=[Depends(require_metrics)])
     return app
 
 
@@ -117,6 +119,8 @@ def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
         # a client that reuses a connection the server is closing gets a transport error, not an
         # answer; idle clients (httpx: 5 s) and load balancers (often 60 s) must close first
         timeout_keep_alive=settings.keep_alive_s,
+        # connections + requests at once; past it uvicorn answers 503 without parsing (the queue's 429 comes first)
+        limit_concurrency=settings.limit_concurrency,
         lifespan="on",
         server_header=False,
     )

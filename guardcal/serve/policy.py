@@ -23,7 +23,7 @@ from guardcal.serve.protocol import Action, Label
 
 FailAction = Literal["escalate", "block"]
 ServeMode = Literal["enforce", "shadow"]
-Reason = Literal["confident", "low_confidence", "undecided", "backend_error", "timeout"]
+Reason = Literal["confident", "low_confidence", "undecided", "backend_error", "timeout", "not_stored"]
 FAIL_ACTIONS: tuple[FailAction, ...] = ("escalate", "block")
 
 

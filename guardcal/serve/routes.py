@@ -3,22 +3,28 @@
 Routes only translate HTTP into :meth:`GuardService.classify` and back; limits that name a
 setting (413 input length, 422 batch size) are checked here. Status codes of ``/classify``:
 
-- 200: a verdict per input. Backend errors, a missing decision token and the request timeout
+- 200: a verdict per input. Backend errors, a missing decision token and the request deadline
   are answered 200 *fail-closed* (label ``unsafe``, action ``fail_action``), never 5xx;
 - 400 a body that is not JSON at all (invalid UTF-8, nesting too deep to parse);
-- 401 missing/unknown key (when keys are configured), 403 non-local caller without keys;
+- 401 missing/unknown key (when keys are configured), 403 a key of another scope, or a non-local
+  caller without keys (both refused in middleware, before the body is read);
 - 413 an input over ``max_input_chars`` (or a body over the size any valid request needs);
 - 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``;
-- 429 (``Retry-After: 1``) the bounded queue is full; 503 (``Retry-After: 5``) not ready.
+- 429 (``Retry-After: 1``) the bounded queue is full; 503 (``Retry-After: 5``) not serving (starting,
+  draining, model worker stopped), or an escalation that could not be stored by the deadline while
+  ``fail_action`` is ``escalate`` (with ``block`` that input is answered ``block``).
+
+``/readyz`` is 503 while not serving and after ``unready_after_failures`` backend failures in a row
+(until a probe succeeds); ``/healthz`` is 503 only once the model worker has stopped for good.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from guardcal.serve.deps import CallerDep, ServiceDep, SettingsDep
+from guardcal.serve.deps import CallerDep, ServiceDep, SettingsDep, require_scope
 from guardcal.serve.handlers import RETRY_AFTER_NOT_READY_S, ApiError
 from guardcal.serve.protocol import (
     BatchClassifyResponse,
@@ -59,9 +65,15 @@ def check_limits(texts: list[str], settings: ServeSettings) -> None:
     responses=_ERRORS,
 )
 async def classify(
-    body: ClassifyRequest, caller: CallerDep, service: ServiceDep, settings: SettingsDep, response: Response
+    body: ClassifyRequest,
+    caller: CallerDep,
+    service: ServiceDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
 ) -> ClassifyResponse | BatchClassifyResponse:
     """Label and action for ``input`` (one text) or ``inputs`` (a batch)."""
+    require_scope(request, caller)
     texts = body.texts()
     check_limits(texts, settings)
     verdicts = await service.classify(texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope)
@@ -76,15 +88,21 @@ async def classify(
     return ClassifyResponse(**verdicts[0].model_dump(), **versions)
 
 
-@router.get("/healthz", response_model=Status)
-async def healthz() -> Status:
-    """The process is alive (says nothing about the model)."""
+@router.get("/healthz", response_model=Status, responses={503: {"model": ErrorResponse}})
+async def healthz(request: Request) -> Status:
+    """The process is alive: 200 while the model loads or is slow; 503 once the model worker has stopped
+    for good (only a restart brings it back, so a liveness probe should restart the process)."""
+    service = getattr(request.app.state, "service", None)
+    if service is not None and service.worker_died:
+        raise ApiError(503, "the model worker has stopped; restart this instance")
     return Status(status="ok")
 
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": ErrorResponse}})
 async def readyz(service: ServiceDep) -> Status:
-    """200 once the backend is started and warmed up; 503 before and while shutting down."""
-    if not service.ready:
-        raise ApiError(503, "the classifier is not ready", {"Retry-After": str(RETRY_AFTER_NOT_READY_S)})
+    """200 while the classifier can answer: started and warmed up, its model worker alive and fewer than
+    ``unready_after_failures`` backend failures in a row; 503 (with the reason) otherwise."""
+    reason = await service.check_ready()
+    if reason is not None:
+        raise ApiError(503, f"the classifier is not ready: {reason}", {"Retry-After": str(RETRY_AFTER_NOT_READY_S)})
     return Status(status="ready")

@@ -29,7 +29,7 @@ from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
 from guardcal.core.confidence import Scores
 from guardcal.errors import BackendError, CalibrationError
-from guardcal.serve.errors import NotReadyError, OverloadedError, StartupError
+from guardcal.serve.errors import NotReadyError, NotStoredError, OverloadedError, StartupError
 from guardcal.serve.hooks import EscalationHook, escalation_payload
 from guardcal.serve.metrics import ServeMetrics
 from guardcal.serve.outbox import DeliveryWorker, Outbox
@@ -41,6 +41,10 @@ from guardcal.types import LABELS
 #: Threshold used when there is neither a bundle nor ``escalate_below`` (raw confidences are overconfident).
 DEFAULT_UNCALIBRATED_THRESHOLD = 0.9
 WARM_UP_TEXT = "Hello, how are you today?"
+#: part of a request's deadline kept for the outbox write: scoring stops this much earlier (at most 1 s)
+WRITE_RESERVE_FRACTION, WRITE_RESERVE_MAX_S = 0.1, 1.0
+#: while /readyz is 503 after failures in a row, it probes the backend at most this often, this long
+PROBE_EVERY_S, PROBE_TIMEOUT_S = 5.0, 2.0
 
 _log = logging.getLogger("guardcal.serve")
 _audit = logging.getLogger("guardcal.audit")
@@ -137,10 +141,63 @@ class GuardService:
         self.identity: dict[str, Any] = {}
         self.model_version = self.policy_version = "unknown"
         self._started = self._draining = False
+        self.failures_in_a_row = 0
+        self._probed_at = -PROBE_EVERY_S
+
+    @property
+    def worker_died(self) -> bool:
+        """The backend's model worker stopped while serving (it does not come back: restart the server)."""
+        return self._started and not self._draining and not self.backend.alive()
+
+    def _not_serving(self) -> str | None:
+        """Why ``/classify`` cannot be answered now (503), or None."""
+        if not self._started:
+            return "the classifier is starting; retry shortly"
+        if self._draining:
+            return "the classifier is shutting down; retry on another instance"
+        if self.worker_died:
+            return "the model worker has stopped; this instance must be restarted"
+        if not self.backend.ready:
+            return "the backend is not ready; retry shortly"
+        return None
+
+    def unready_reason(self) -> str | None:
+        """Why ``/readyz`` is 503 (not serving, or ``unready_after_failures`` backend failures in a row), or None."""
+        reason = self._not_serving()
+        if reason is None and self.failures_in_a_row >= self.settings.unready_after_failures:
+            reason = f"the last {self.failures_in_a_row} backend calls failed; probing the backend"
+        return reason
 
     @property
     def ready(self) -> bool:
-        return self._started and not self._draining and bool(self.backend.ready)
+        return self.unready_reason() is None
+
+    async def check_ready(self) -> str | None:
+        """:meth:`unready_reason`, after probing a failing backend (at most every ``PROBE_EVERY_S``):
+        without traffic (a load balancer stops sending it) nothing else would clear the failures."""
+        if self._not_serving() is not None or self.failures_in_a_row < self.settings.unready_after_failures:
+            return self.unready_reason()
+        now = asyncio.get_running_loop().time()
+        if now - self._probed_at >= PROBE_EVERY_S:
+            self._probed_at = now
+            try:
+                scores = await asyncio.wait_for(
+                    self._scored([WARM_UP_TEXT]), min(PROBE_TIMEOUT_S, self.settings.request_timeout_s)
+                )
+                _readings(scores, 1)
+            except Exception as exc:  # still failing: stay unready
+                _log.warning("backend probe failed (%s); /readyz stays 503", type(exc).__name__)
+            else:
+                _log.info("backend probe succeeded after %d failures in a row; ready again", self.failures_in_a_row)
+                self.failures_in_a_row = 0
+        return self.unready_reason()
+
+    def _failed(self) -> None:
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row == self.settings.unready_after_failures:
+            _log.error(
+                "%d backend failures in a row: /readyz answers 503 until a probe succeeds", self.failures_in_a_row
+            )
 
     async def start(self) -> None:
         """Start the backend, check the bundle against it, open the outbox, start delivering, warm up."""
@@ -176,6 +233,7 @@ class GuardService:
             await asyncio.wait_for(self.backend.score([WARM_UP_TEXT]), self.settings.request_timeout_s)
         except Exception as exc:  # serving still fails closed; make the problem visible
             self.metrics.backend_errors.labels(kind="warmup").inc()
+            self._failed()
             _log.error(
                 "backend warm-up request failed (%s); requests will fail closed until it recovers", type(exc).__name__
             )
@@ -201,14 +259,20 @@ class GuardService:
         metadata: Mapping[str, str] | None = None,
         scope: Scope = "classify",
     ) -> list[Verdict]:
-        """One verdict per text; raises NotReadyError (not ready) or OverloadedError (queue full)."""
-        if not self.ready:
-            raise NotReadyError("the classifier is starting or shutting down; retry shortly")
+        """One verdict per text; raises NotReadyError (not serving; or an escalation that could not be
+        stored with ``fail_action`` escalate) or OverloadedError (queue full).
+
+        One deadline (``request_timeout_s``) covers the queue, scoring and the outbox write.
+        """
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        reason = self._not_serving()
+        if reason is not None:
+            raise NotReadyError(reason)
         started = time.perf_counter()
         async with self.admission.admit():
-            decisions, raw = await self._decide(texts)
+            decisions, raw = await self._decide(texts, deadline)
         ids = [uuid.uuid4().hex for _ in texts]
-        await self._escalate(ids, decisions, raw, texts, request_id, metadata)
+        decisions = await self._escalate(ids, decisions, raw, texts, request_id, metadata, deadline)
         self._record(ids, decisions, raw, request_id, time.perf_counter() - started)
         internal = scope == "internal"
         return [
@@ -225,24 +289,36 @@ class GuardService:
         async with self.admission.scoring():
             return await self.backend.score(texts)
 
-    async def _decide(self, texts: list[str]) -> tuple[list[Decision], list[float | None]]:
+    def _scoring_deadline(self, deadline: float) -> float:
+        """When scoring must stop: the request deadline less the outbox write's reserve."""
+        timeout = self.settings.request_timeout_s
+        return deadline - (min(WRITE_RESERVE_MAX_S, WRITE_RESERVE_FRACTION * timeout) if self.hooks else 0.0)
+
+    async def _decide(self, texts: list[str], deadline: float) -> tuple[list[Decision], list[float | None]]:
         """Decisions and the raw (uncalibrated) P(unsafe) of each text; failures fail closed."""
         mode, fail = self.settings.mode, self.settings.fail_action
         n = len(texts)
         try:
-            scores = await asyncio.wait_for(self._scored(texts), self.settings.request_timeout_s)
+            async with asyncio.timeout_at(self._scoring_deadline(deadline)):
+                scores = await self._scored(texts)
             p_raw, decided = _readings(scores, n)
             p_cal = self.calibrator.predict(p_raw) if self.calibrator is not None else p_raw
         except TimeoutError:
             self.metrics.backend_errors.labels(kind="timeout").inc()
-            _log.warning("backend did not answer within %d s; answering fail-closed", self.settings.request_timeout_s)
+            self._failed()
+            _log.warning(
+                "backend did not answer within the request deadline (%g s); answering fail-closed",
+                self.settings.request_timeout_s,
+            )
             return [fail_closed("timeout", mode=mode, fail_action=fail)] * n, [None] * n
         except Exception as exc:  # any backend/calibration failure fails closed, never 5xx, never allow
             self.metrics.backend_errors.labels(kind="error").inc()
+            self._failed()
             _log.warning("backend failed (%s); answering fail-closed", type(exc).__name__)
             # exception text can quote the input: with redact_input only its type is logged
             _audit.debug("backend failure %s", type(exc).__name__, exc_info=not self.settings.redact_input)
             return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n
+        self.failures_in_a_row = 0
         decisions = decide_batch(p_cal, decided, self.thresholds, mode=mode, fail_action=fail)
         raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(p_raw, decisions, strict=True)]
         return decisions, raw
@@ -255,11 +331,17 @@ class GuardService:
         texts: list[str],
         request_id: str | None,
         metadata: Mapping[str, str] | None,
-    ) -> None:
-        """Write every escalation to the outbox before the request is answered."""
+        deadline: float,
+    ) -> list[Decision]:
+        """Write every escalation to the outbox, by the request's deadline, before the request is answered.
+
+        Returns the decisions to answer. An escalation that could not be stored is never answered
+        ``escalate``: in enforce mode it gets the fail action ``block``, or, with the fail action
+        ``escalate``, the request is refused (NotStoredError: 503). Shadow mode answers ``allow`` anyway.
+        """
         picked = [i for i, d in enumerate(decisions) if d.escalated]
         if not picked or not self.hooks:
-            return
+            return decisions
         context = {
             "request_id": request_id,
             "metadata": dict(metadata or {}),
@@ -279,14 +361,44 @@ class GuardService:
             )
             for i in picked
         ]
+        write = asyncio.ensure_future(self.outbox.enqueue(items, [h.name for h in self.hooks]))
         try:
-            await self.outbox.enqueue(items, [h.name for h in self.hooks])
-        except Exception as exc:  # the decision stands; the loss is counted and logged loudly
-            for hook in self.hooks:
-                self.metrics.hook_deliveries.labels(hook=hook.name, outcome="enqueue_failed").inc(len(items))
-            _log.error("could not write %d escalation(s) to the outbox (%s)", len(items), type(exc).__name__)
-            return
+            # shielded: a write that outlives the deadline still finishes (and is then delivered)
+            async with asyncio.timeout_at(deadline):
+                await asyncio.shield(write)
+        except Exception as exc:  # never answer "escalate" for what will not be delivered
+            if not write.done():
+                write.add_done_callback(self._late_write)
+            return self._not_stored(decisions, picked, exc)
         self.worker.wake()
+        return decisions
+
+    def _late_write(self, write: asyncio.Future[None]) -> None:
+        if not write.cancelled() and write.exception() is None:
+            _log.warning("escalations stored after their request was answered without them; they will be delivered")
+            self.worker.wake()
+
+    def _not_stored(self, decisions: list[Decision], picked: list[int], exc: BaseException) -> list[Decision]:
+        for hook in self.hooks:
+            self.metrics.hook_deliveries.labels(hook=hook.name, outcome="enqueue_failed").inc(len(picked))
+        mode, fail = self.settings.mode, self.settings.fail_action
+        _log.error(
+            "could not store %d escalation(s) in the outbox by the request deadline (%s); %s",
+            len(picked),
+            type(exc).__name__,
+            "answering allow (shadow mode)" if mode == "shadow" else f"fail action {fail}",
+        )
+        if mode == "shadow":
+            return decisions
+        if fail == "escalate":
+            raise NotStoredError(
+                "the escalation could not be stored by the request deadline, so no verdict is given; retry "
+                "(GUARDCAL_FAIL_ACTION=block answers block instead)"
+            )
+        out = list(decisions)
+        for i in picked:
+            out[i] = fail_closed("not_stored", mode=mode, fail_action=fail)
+        return out
 
     def _record(
         self, ids: list[str], decisions: list[Decision], raw: list[float | None], request_id: str | None, took: float

@@ -30,8 +30,10 @@ from guardcal.models.default import DEFAULT_MODEL, guardcal_home
 from guardcal.models.shipped import DEFAULT_REASONING_BUDGET, shipped_setup
 from guardcal.serve.signing import parse_secret
 
-Scope = Literal["classify", "internal"]
-SCOPES: tuple[Scope, ...] = ("classify", "internal")
+Scope = Literal["classify", "internal", "metrics"]
+SCOPES: tuple[Scope, ...] = ("classify", "internal", "metrics")
+#: settings that hold secrets: never command-line flags (argv is visible to every user in ``ps``)
+SECRET_FIELDS = ("api_keys", "webhook_secret")
 MIN_KEY_CHARS = 16
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("guardcal_serve_config", default=None)
 
@@ -49,7 +51,7 @@ def is_loopback(host: str | None) -> bool:
 
 
 def parse_api_keys(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, Scope]:
-    """Parse ``"key1:classify,key2:internal"`` (commas or new lines; ``#`` starts a comment).
+    """Parse ``"key1:classify,key2:internal,key3:metrics"`` (commas or new lines; ``#`` starts a comment).
 
     Messages name the entry by position only: a key is never echoed.
     """
@@ -62,8 +64,8 @@ def parse_api_keys(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, Sc
             raise ConfigError(f"{source} entry {n} is not 'KEY:SCOPE'; write e.g. 'k1...:classify,k2...:internal'")
         if scope not in SCOPES:
             raise ConfigError(
-                f"{source} entry {n} has scope {scope!r}; only 'classify' (label and action) and 'internal' "
-                "(adds the calibrated confidence) exist; fix the scope"
+                f"{source} entry {n} has scope {scope!r}; only 'classify' (label and action), 'internal' "
+                "(adds the calibrated confidence, and /metrics) and 'metrics' (/metrics only) exist; fix the scope"
             )
         if len(key) < MIN_KEY_CHARS:
             raise ConfigError(
@@ -136,8 +138,11 @@ class ServeSettings(BaseSettings):
         False, description="allow a plain http:// webhook_url off loopback (escalations, inputs included, in clear)"
     )
     webhook_secret: SecretStr | None = Field(
-        None, description="Standard Webhooks signing secret 'whsec_<base64 of 24-64 bytes>'"
+        None,
+        description="Standard Webhooks signing secret 'whsec_<base64 of 24-64 bytes>' (environment or YAML only, "
+        "never a flag; or webhook_secret_file)",
     )
+    webhook_secret_file: Path | None = Field(None, description="file holding the webhook signing key")
     webhook_timeout_s: float = Field(5.0, gt=0, description="timeout of one webhook POST")
     webhook_retries: int = Field(2, ge=0, le=10, description="in-call retries of a failed webhook POST")
     hook_retry_base_s: float = Field(1.0, gt=0, description="outbox back-off after the first failed delivery")
@@ -153,8 +158,13 @@ class ServeSettings(BaseSettings):
     outbox_max_bytes: int = Field(
         1 << 30, ge=1 << 20, description="cap on the outbox's data; an escalation past it gets the fail action"
     )
-    api_keys: SecretStr | None = Field(None, description="'key:classify,key:internal' bearer keys and scopes")
-    api_keys_file: Path | None = Field(None, description="file of 'key:scope' entries (one a line or commas)")
+    api_keys: SecretStr | None = Field(
+        None,
+        description="'key:classify,key:internal,key:metrics' bearer keys (environment or YAML only, never a flag)",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file of 'key:scope' entries (one a line or commas); scopes classify, internal, metrics"
+    )
     insecure: bool = Field(False, description="allow a non-loopback host without API keys (trusted networks only)")
     mode: Literal["enforce", "shadow"] = Field("enforce", description="shadow: always answer allow, still escalate")
     fail_action: Literal["escalate", "block"] = Field(
@@ -162,10 +172,20 @@ class ServeSettings(BaseSettings):
     )
     max_input_chars: int = Field(20_000, ge=1, description="longer inputs are refused with 413")
     max_batch: int = Field(32, ge=1, le=1024, description="most inputs in one request (more: 422)")
-    request_timeout_s: float = Field(30.0, gt=0, description="queue wait + scoring; past it the request fails closed")
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="one deadline per request: queue wait + scoring + the outbox write; fails closed past it",
+    )
     queue_size: int = Field(64, ge=1, description="requests admitted at once (queued + scoring); more: 429")
     max_concurrency: int = Field(
         32, ge=1, description="requests scored by the backend at once (a micro-batch holds at most this many)"
+    )
+    limit_concurrency: int = Field(
+        256, ge=2, description="uvicorn: most connections and requests at once; more get 503 before any parsing"
+    )
+    unready_after_failures: int = Field(
+        5, ge=1, description="backend failures (errors, timeouts) in a row after which /readyz answers 503"
     )
     vllm_kv_cache_bytes: int = Field(
         1 << 30, ge=1 << 20, description="vllm backend: KV cache size in bytes (bounded; default 1 GiB)"
@@ -321,6 +341,28 @@ class ServeSettings(BaseSettings):
             )
         if self.hook_retry_max_s < self.hook_retry_base_s:
             raise ValueError("hook_retry_max_s is below hook_retry_base_s; raise hook_retry_max_s")
+        if self.limit_concurrency <= self.queue_size:
+            raise ValueError(
+                f"limit_concurrency ({self.limit_concurrency}) must be above queue_size ({self.queue_size}), or "
+                "uvicorn refuses requests (bare 503) before the queue answers 429; raise limit_concurrency"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _read_webhook_secret_file(self) -> ServeSettings:
+        """``webhook_secret_file`` fills ``webhook_secret`` (one of the two, never both)."""
+        path = self.webhook_secret_file
+        if path is None:
+            return self
+        if self.webhook_secret is not None:
+            raise ValueError("webhook_secret and webhook_secret_file are both set; keep one")
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read webhook_secret_file {path}: {exc.strerror}; fix the path") from None
+        if not secret:
+            raise ValueError(f"webhook_secret_file {path} is empty; write the signing key into it")
+        self.webhook_secret = SecretStr(secret)
         return self
 
     @model_validator(mode="after")
