@@ -17,11 +17,17 @@ Everything is measured in one run, so the ratios hold on a noisy machine:
   batching; ``p50_c1_over_bare_forward`` is the server's overhead at concurrency 1.
 - **ceiling**: measured matmul throughput (bf16 and float32 GFLOP/s, torch, this process's
   thread count; measured before and after the servers, the faster counts) and FLOPs per request
-  = 2 x matmul parameters x tokens computed (+ the LM head once, at the decision position), for
-  the full prompt and for the uncached part only.
+  = 2 x matmul parameters x tokens computed (+ the LM head once per window, at the decision
+  position), for the full prompt and for the uncached part only.
+- **long inputs** (level ``long``): inputs of at least ``LONG_MIN_TOKENS`` tokens (OpenAI Moderation
+  training rows joined, under the 20,000-character limit), which the server scores whole as
+  overlapping 1,024-token windows (``core.windows``), at concurrency ``LONG_CONCURRENCY``: req/s,
+  latency, windows and tokens per request, and prompt tokens/s beside the short inputs' at the same
+  concurrency (``long.tokens_per_s_vs_c4``: near 1 when a long input costs what its windows' tokens cost).
 
     python benchmarks/serve_bench.py --quick --output benchmarks/results/serve_bench.json
     python benchmarks/serve_bench.py --output benchmarks/results/serve_bench.json   # on an idle machine
+    python benchmarks/serve_bench.py --tiny --levels c1,long --backends transformers --output /tmp/sb.json
 
 Needs ``GUARDCAL_DATA_DIR`` (or ../shared/data) and the materialised default model.
 """
@@ -53,11 +59,23 @@ CONCURRENCY = (1, 4, 16, 64)
 #: the matmul rates measured for the ceiling
 DTYPES = ("float32", "bfloat16")
 #: requests timed at each concurrency (after a short warm-up that is not counted)
-REQUESTS = {"quick": {1: 8, 4: 16, 16: 32, 64: 64}, "full": {1: 48, 4: 96, 16: 192, 64: 256}}
+REQUESTS = {
+    "tiny": {1: 2, 4: 4, 16: 16, 64: 64},
+    "quick": {1: 8, 4: 16, 16: 32, 64: 64},
+    "full": {1: 48, 4: 96, 16: 192, 64: 256},
+}
 #: naive requests timed before the servers, and the same ones again after them
-NAIVE_REQUESTS = {"quick": 6, "full": 24}
+NAIVE_REQUESTS = {"tiny": 2, "quick": 6, "full": 24}
+#: the long-input level: requests timed (after LONG_CONCURRENCY warm-up ones), their concurrency and length
+LONG_REQUESTS = {"tiny": 2, "quick": 4, "full": 16}
+LONG_CONCURRENCY = 4
+LONG_MIN_TOKENS = 2000  # three 1,024-token windows at the default 128-token overlap
+LONG_POOL = "openai-moderation:train"  # rows no short level sends
+MAX_INPUT_CHARS = 20_000  # the server's default max_input_chars
+LEVELS = (*(f"c{c}" for c in CONCURRENCY), "long")
 #: server flags on top of the defaults: let all concurrent requests reach the backend's batcher
 SERVER_FLAGS = ["--max-concurrency", "64", "--queue-size", "256", "--request-timeout-s", "600"]
+SERVER_FLAGS += ["--limit-concurrency", "300"]  # uvicorn's connection limit must sit above the queue
 #: what ``--backends`` can name: a backend, or the transformers backend with its forward torch.compile'd
 VARIANTS = {
     "transformers": ["--backend", "transformers"],
@@ -74,7 +92,30 @@ def level_inputs(texts: Sequence[str], sizes: dict[int, int]) -> dict[int, tuple
     anywhere sees a repeated prompt. The levels get different texts, hence different lengths:
     ``levels.c<N>`` in the result records each level's own FLOPs per request."""
     fresh = iter(texts)
-    return {c: ([next(fresh) for _ in range(c)], [next(fresh) for _ in range(sizes[c])]) for c in CONCURRENCY}
+    chosen = [c for c in CONCURRENCY if c in sizes]
+    return {c: ([next(fresh) for _ in range(c)], [next(fresh) for _ in range(sizes[c])]) for c in chosen}
+
+
+def long_inputs(
+    rows: Sequence[str], count_tokens: Any, n: int, min_tokens: int = LONG_MIN_TOKENS, max_chars: int = MAX_INPUT_CHARS
+) -> list[str]:
+    """``n`` long inputs: consecutive ``rows`` joined by blank lines until one holds ``min_tokens`` tokens
+    (``count_tokens(text)``); a row that would pass ``max_chars`` is skipped. Each row is used once."""
+    out: list[str] = []
+    fresh = iter(rows)
+    while len(out) < n:
+        text = ""
+        while count_tokens(text) < min_tokens:
+            row = next(fresh, None)
+            if row is None:
+                raise ValueError(
+                    f"only {len(out)} long inputs of {min_tokens} tokens could be built; {n} were asked for"
+                )
+            joined = f"{text}\n\n{row}" if text else row
+            if len(joined) <= max_chars:
+                text = joined
+        out.append(text)
+    return out
 
 
 def load_inputs(n: int, seed: int = 0) -> list[str]:
@@ -154,24 +195,33 @@ class Baseline:
         self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True, batch_size=16)  # server max_batch
 
     def flops(self, texts: Sequence[str]) -> dict[str, Any]:
-        """Tokens and FLOPs per request: 2 x matmul parameters x tokens, plus the LM head at one position."""
+        """Tokens and FLOPs per request: 2 x matmul parameters x tokens, plus the LM head at one position
+        per window. A request's tokens are those of every window's prompt the server runs (one window
+        for an input within the 1,024-token budget)."""
         from guardcal.backends.prefix_cache import prefix_token_ids
 
         model, tok = self.naive.model, self.naive.tokenizer
-        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in self.scorer.prompts(texts)]
+        windows = [
+            [len(tok(p, add_special_tokens=False)["input_ids"]) for p in self.scorer.window_prompts([t])]
+            for t in texts
+        ]
         prefix = len(prefix_token_ids(tok, self.scorer.template))
         total = sum(p.numel() for p in model.parameters())
-        matmul = total - model.get_input_embeddings().weight.numel()  # a lookup; the tied head runs once
+        matmul = total - model.get_input_embeddings().weight.numel()  # a lookup; the tied head runs once a window
         head = 2 * model.config.hidden_size * model.config.vocab_size
-        full, rest = statistics.fmean(lengths), statistics.fmean(n - prefix for n in lengths)
+        full = statistics.fmean(sum(w) for w in windows)
+        rest = statistics.fmean(sum(n - prefix for n in w) for w in windows)
+        count = statistics.fmean(len(w) for w in windows)
         return {
             "params_total": total,
             "params_matmul": matmul,
             "mean_prompt_tokens": full,
             "prefix_tokens": prefix,
             "mean_uncached_tokens": rest,
-            "gflop_per_request_full_prompt": (2 * matmul * full + head) / 1e9,
-            "gflop_per_request_uncached": (2 * matmul * rest + head) / 1e9,
+            "mean_windows": count,
+            "mean_input_tokens": statistics.fmean(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts),
+            "gflop_per_request_full_prompt": (2 * matmul * full + head * count) / 1e9,
+            "gflop_per_request_uncached": (2 * matmul * rest + head * count) / 1e9,
         }
 
     def shape_gflops(self, rows: int, seconds: float = 1.0) -> float:
@@ -372,7 +422,11 @@ def _pct(sorted_ms: Sequence[float], q: float) -> float:
 
 
 def bench_backend(
-    backend: str, python: str, levels: dict[int, tuple[list[str], list[str]]], workdir: Path
+    backend: str,
+    python: str,
+    levels: dict[int, tuple[list[str], list[str]]],
+    workdir: Path,
+    long_level: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Any]:
     server = Server(python, backend, workdir)
     try:
@@ -382,6 +436,11 @@ def bench_backend(
             asyncio.run(drive(server.base, warm_up, c))  # not counted
             out[f"c{c}"] = asyncio.run(drive(server.base, timed, c))
             print(f"  {backend} c{c}: {json.dumps(out[f'c{c}'])}", flush=True)
+        if long_level is not None:  # long inputs, scored whole as windows
+            warm_up, timed = long_level
+            asyncio.run(drive(server.base, warm_up, LONG_CONCURRENCY))  # not counted
+            out["long"] = {"concurrency": LONG_CONCURRENCY, **asyncio.run(drive(server.base, timed, LONG_CONCURRENCY))}
+            print(f"  {backend} long: {json.dumps(out['long'])}", flush=True)
         text = server.metrics()
         out["backend_errors"] = sum(
             float(line.rsplit(" ", 1)[1])
@@ -425,6 +484,11 @@ def summarise(result: dict[str, Any]) -> None:
                 res[key]["fraction_of_ceiling_at_level_length"] = (
                     res[key]["rps"] * level["gflop_per_request_full_prompt"] / peak
                 )
+                res[key]["prompt_tokens_per_s"] = res[key]["rps"] * level["mean_prompt_tokens"]
+        short = res.get(f"c{LONG_CONCURRENCY}")
+        if isinstance(res.get("long"), dict) and isinstance(short, dict) and "prompt_tokens_per_s" in short:
+            # the cost of long inputs: their windows' tokens per second beside short inputs' at the same concurrency
+            res["long"]["tokens_per_s_vs_c4"] = res["long"]["prompt_tokens_per_s"] / short["prompt_tokens_per_s"]
         if "c1" in res:
             res["p50_c1_over_bare_forward"] = res["c1"]["p50_ms"] / result["bare_forward_p50_ms"]
             res["p50_c1_over_naive_forward"] = res["c1"]["p50_ms"] / result["naive_forward_p50_ms"]
@@ -453,6 +517,16 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {name} | {c} | {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
                     f"| {res['peak_rss_mb']:.0f} | {_num(tokens, '.0f')} | {_num(share, '.2f')} |"
                 )
+        r = res.get("long")
+        if r:
+            level = levels.get("long", {})
+            what = f"{r['concurrency']}, long inputs: {_num(level.get('mean_windows'), '.1f')} windows of"
+            what += f" {_num(level.get('mean_input_tokens'), '.0f')}-token inputs"
+            lines.append(
+                f"| {name} | {what} | {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
+                f"| {res['peak_rss_mb']:.0f} | {_num(level.get('mean_prompt_tokens'), '.0f')} "
+                f"| {_num(r.get('fraction_of_ceiling_at_level_length'), '.2f')} |"
+            )
     for name, why in result["skipped"].items():
         lines.append(f"| {name} | skipped: {why} | | | | | | | |")
     g = result["matmul_gflops"]
@@ -498,6 +572,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"| fraction_of_ceiling (full prompt / uncached part) | {result['fraction_of_ceiling']:.2f} / "
             f"{result['fraction_of_uncached_ceiling']:.2f} |",
         ]
+        for name, res in result["backends"].items():
+            if "tokens_per_s_vs_c4" in res.get("long", {}):
+                lines.append(
+                    f"| {name}: long inputs, prompt tokens/s relative to short inputs at concurrency "
+                    f"{LONG_CONCURRENCY} | {res['long']['tokens_per_s_vs_c4']:.2f} |"
+                )
         for name, res in result["backends"].items():
             if "p50_c1_over_bare_forward" in res:
                 lines.append(
@@ -549,6 +629,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (finishes in a few minutes)")
+    parser.add_argument("--tiny", action="store_true", help="a handful of requests: checks the run works")
+    parser.add_argument("--levels", default=",".join(LEVELS), help=f"comma list of {', '.join(LEVELS)} (default: all)")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write (a PNG is written beside it)")
     parser.add_argument(
         "--backends", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)} (default: all)"
@@ -559,10 +641,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="python of an environment with vllm and guardcal installed (default: $GUARDCAL_VLLM_PYTHON or this one)",
     )
     args = parser.parse_args(argv)
-    size = "quick" if args.quick else "full"
-    sizes = REQUESTS[size]
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    chosen = [x.strip() for x in args.levels.split(",") if x.strip()]
+    if set(chosen) - set(LEVELS) or not any(x.startswith("c") for x in chosen):
+        parser.error(f"--levels {args.levels!r}: give a comma list of {', '.join(LEVELS)} with at least one c<N>")
+    sizes = {c: n for c, n in REQUESTS[size].items() if f"c{c}" in chosen}
     began = time.perf_counter()
-    texts = load_inputs(sum(sizes.values()) + sum(CONCURRENCY))
+    texts = load_inputs(sum(sizes.values()) + sum(sizes))
     result: dict[str, Any] = {"size": size, "machine": machine_info(), "server_flags": SERVER_FLAGS}
     print(f"machine: {json.dumps(result['machine'])}", flush=True)
 
@@ -583,8 +668,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"naive {len(before) / sum(before):.2f} req/s; ceiling {result['ceiling_rps_full_prompt']:.2f} req/s")
     levels = level_inputs(texts, sizes)
     result["levels"] = {f"c{c}": base.flops(timed) for c, (_, timed) in levels.items()}
-    served = base.served_times(levels[1][1])  # the prompts timed at concurrency 1
-    result["in_process_batched_rps"] = in_process_batched_rps(base, levels[16][1])  # c16's texts
+    long_level = None
+    if "long" in chosen:
+        from guardcal.data.datasets import load_dataset
+
+        tok = base.naive.tokenizer
+        n_long = LONG_CONCURRENCY + LONG_REQUESTS[size]
+        rows = [e.text for e in load_dataset(LONG_POOL)]
+        random.Random(0).shuffle(rows)
+        made = long_inputs(rows, lambda t: len(tok(t, add_special_tokens=False)["input_ids"]), n_long)
+        long_level = (made[:LONG_CONCURRENCY], made[LONG_CONCURRENCY:])
+        result["levels"]["long"] = base.flops(long_level[1])
+        print(f"long inputs: {json.dumps(result['levels']['long'])}", flush=True)
+    first = levels[min(levels)][1]
+    served = base.served_times(levels[1][1] if 1 in levels else first)  # the prompts timed at concurrency 1
+    batched = levels[16][1] if 16 in levels else first  # c16's texts
+    result["in_process_batched_rps"] = in_process_batched_rps(base, batched)
     print(f"in process, 16 at a time: {result['in_process_batched_rps']:.2f} req/s", flush=True)
 
     result["backends"], result["skipped"] = {}, {}
@@ -598,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             print(f"benchmarking {backend} ({python})", flush=True)
             try:
-                result["backends"][backend] = bench_backend(backend, python, levels, Path(tmp))
+                result["backends"][backend] = bench_backend(backend, python, levels, Path(tmp), long_level)
             except RuntimeError as exc:
                 result["skipped"][backend] = f"failed: {exc}"
                 print(f"{backend} failed: {exc}", flush=True)

@@ -43,7 +43,13 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         help="reasoning prompt: <think> … </think> before the label (must match serving)",
     )
     parser.add_argument("--max-new-tokens", type=int, help="reasoning budget (default 256)")
-    parser.add_argument("--max-input-tokens", type=int, default=1024, help="inputs are cut to this many tokens")
+    parser.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=1024,
+        help="tokens per scoring window: longer inputs are scored as overlapping windows, each text reading as its "
+        "highest-P(unsafe) window (part of the prompt fingerprint: serve with the same value)",
+    )
     parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
     parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
     parser.add_argument("--no-progress", action="store_true")
@@ -257,6 +263,8 @@ def build_backend(settings: Any) -> Any:
             settings.reasoning,
             dtype=settings.dtype,
             max_new_tokens=settings.max_new_tokens,
+            max_input_tokens=settings.max_input_tokens,
+            max_windows=settings.max_windows,
             kv_cache_bytes=settings.vllm_kv_cache_bytes,
             tensor_parallel_size=settings.vllm_tensor_parallel_size,
         )
@@ -269,6 +277,8 @@ def build_backend(settings: Any) -> Any:
         dtype=settings.dtype,
         max_batch=settings.max_batch,
         max_new_tokens=settings.max_new_tokens,
+        max_input_tokens=settings.max_input_tokens,
+        max_windows=settings.max_windows,
         compile=settings.compile,
     )
 

@@ -6,6 +6,7 @@
      ├── ModelError         a model or adapter cannot be located or loaded
      ├── LabelSpecError     labels that cannot be told apart by their first token
      ├── BackendError       a scoring backend failed or returned unusable scores
+     ├── InputTooLongError  an input needs more scoring windows than allowed (the server answers 413)
      └── CalibrationError   metrics or calibrators given unusable inputs
           └── NotFittedError  a calibrator used before ``fit``
 
@@ -45,3 +46,12 @@ class NotFittedError(CalibrationError):
 
 class BackendError(GuardcalError, RuntimeError):
     """A scoring backend raised, timed out or returned scores that cannot be used."""
+
+
+class InputTooLongError(GuardcalError, ValueError):
+    """An input needs more scoring windows than ``max_windows`` allows (``core.windows``); it is
+    refused, never cut. ``tokens``, ``windows`` and ``max_windows`` say by how much."""
+
+    def __init__(self, message: str, *, tokens: int, windows: int, max_windows: int | None) -> None:
+        super().__init__(message)
+        self.tokens, self.windows, self.max_windows = tokens, windows, max_windows

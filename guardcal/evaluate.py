@@ -158,7 +158,7 @@ class ScoringSession:
             "model_id": self.model_id,
             "adapter_hash": self.adapter_hash,
             "mode": self.template.mode,
-            "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces),
+            "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces, self.scorer.windows),
             "label_spec": self.scorer.spec.to_dict(),
         }
 

@@ -1,6 +1,8 @@
 """Batched decision-token scoring with transformers.
 
-Direct mode: one forward pass over the rendered prompt, read the last
+An input longer than ``max_input_tokens`` tokens is scored as overlapping windows, the same
+prompt around each, all in the same batches, and reads as its highest-P(unsafe) window
+(``core.windows``); nothing is cut. Direct mode: one forward pass over the rendered prompt, read the last
 position. Reasoning mode: generate up to ``max_new_tokens`` tokens, cut at
 ``</think>`` (appending it when the model never closed the block), append
 ``Classification:`` and read the next position; that read runs on top of the
@@ -45,6 +47,14 @@ from guardcal.backends.prefix_cache import (
 from guardcal.core.confidence import Scores, from_label_logprobs
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
+from guardcal.core.windows import (
+    DEFAULT_MAX_TOKENS,
+    Windowed,
+    WindowedScores,
+    WindowPolicy,
+    decisive,
+    split_texts,
+)
 
 _log = logging.getLogger("guardcal.backends.hf")
 
@@ -96,10 +106,11 @@ class HFScorer:
         template: PromptTemplate | None = None,
         spec: LabelSpec | None = None,
         batch_size: int = 8,
-        max_input_tokens: int = 1024,
+        max_input_tokens: int = DEFAULT_MAX_TOKENS,
         max_new_tokens: int = 256,
         prefix_cache: bool = False,
         packing: bool = True,
+        max_windows: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -107,6 +118,8 @@ class HFScorer:
         self.spec = spec or LabelSpec.from_tokenizer(tokenizer)
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
+        #: how inputs are split (``core.windows``): windows of ``max_input_tokens`` tokens, capped for serving
+        self.windows = WindowPolicy(max_input_tokens, max_windows=max_windows)
         self.max_new_tokens = max_new_tokens
         self.prefix_cache = prefix_cache
         #: pack direct-mode reads on the prefix cache (backends.packed); settled when the cache is built
@@ -125,18 +138,39 @@ class HFScorer:
         self._stop_criteria: Any = None  # built once: transformers rebuilds it per call (~0.7 s here)
         self._prefix_chars = len(template_prefix(self.template)) if prefix_cache else 0
 
-    def truncate(self, text: str) -> str:
-        """Keep the first ``max_input_tokens`` tokens of the input text."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= self.max_input_tokens:
-            return text
-        return str(self.tokenizer.decode(ids[: self.max_input_tokens]))
+    def split(self, texts: Sequence[str]) -> list[Windowed]:
+        """Each text's windows (``core.windows``); InputTooLongError past ``max_windows``."""
+        return split_texts(texts, self.tokenizer, self.windows)
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
-        return [self.template.render(self.truncate(t)) for t in texts]
+        """The prompt around each text as given (a window's text, or an input that fits)."""
+        return [self.template.render(t) for t in texts]
+
+    def window_prompts(self, texts: Sequence[str]) -> list[str]:
+        """Every prompt scoring ``texts`` runs: each input's windows, input after input."""
+        return self.prompts([w for part in self.split(texts) for w in part.texts])
 
     def score(self, texts: Sequence[str], progress: bool = False) -> Scored:
-        """Score ``texts`` in length-sorted batches; results keep input order."""
+        """Score every window of every text; each text reads as its highest-P(unsafe) window
+        (``core.windows``), and the result says what was scored. Results keep input order."""
+        return self.score_split(self.split(texts), progress)
+
+    def score_split(self, parts: Sequence[Windowed], progress: bool = False) -> Scored:
+        """:meth:`score` on texts already split (all windows in the same batches)."""
+        rows = [w for part in parts for w in part.texts]
+        counts, tokens = [len(p.texts) for p in parts], [p.input_tokens for p in parts]
+        if not rows:
+            empty = WindowedScores.from_windows(Scores.concat([]), [], [])
+            return Scored(empty, [] if self.template.reasoning else None)
+        scored = self._score_rows(rows, progress)
+        scores = WindowedScores.from_windows(scored.scores, counts, tokens)
+        if scored.reasoning is None:
+            return Scored(scores)
+        pick = decisive(scored.scores.p_unsafe_norm, scored.scores.decided, counts)
+        return Scored(scores, [scored.reasoning[i] for i in pick])  # the deciding window's reasoning
+
+    def _score_rows(self, texts: Sequence[str], progress: bool = False) -> Scored:
+        """Score ``texts`` (each rendered as given) in length-sorted batches; results keep input order."""
         prompts = self.prompts(texts)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         parts: list[Scores] = []

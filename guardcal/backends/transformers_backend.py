@@ -9,6 +9,11 @@ speed-ups: the instruction prefix's KV cache is computed once and reused, so eac
 only the per-request tokens; those tokens are packed end to end in one row, with no padding
 (``backends.packed``; not with ``compile``); and ``dtype="auto"`` runs the model in bfloat16 on
 CPUs with native bf16 instructions (``backends.precision``).
+
+An input over ``max_input_tokens`` tokens is scored as overlapping windows (``core.windows``):
+its windows are rows of the same micro-batch, and its reading is its highest-P(unsafe) window's,
+with every window's reading attached (``WindowedScores``). An input that needs more than
+``max_windows`` windows fails only its own request, with ``InputTooLongError``, before any forward.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 from guardcal.backends.base import ClassifierBackend
 from guardcal.core.confidence import Scores
 from guardcal.core.prompt import PromptTemplate
-from guardcal.errors import BackendError
+from guardcal.core.windows import DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, Windowed, WindowedScores
+from guardcal.errors import BackendError, InputTooLongError
 
 _log = logging.getLogger("guardcal.backends.transformers")
 
@@ -47,10 +53,11 @@ class TransformersBackend(ClassifierBackend):
         dtype: str = "auto",
         max_batch: int = 16,
         max_wait_ms: float = 5.0,
-        max_input_tokens: int = 1024,
+        max_input_tokens: int = DEFAULT_MAX_TOKENS,
         max_new_tokens: int = 256,
         prefix_cache: bool = True,
         compile: bool = False,  # noqa: A002 - the serve setting's name
+        max_windows: int | None = DEFAULT_MAX_WINDOWS,
     ) -> None:
         from guardcal.backends.precision import resolve_dtype
 
@@ -59,6 +66,7 @@ class TransformersBackend(ClassifierBackend):
         self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
+        self.max_windows = max_windows
         self.scorer: Any = None
         self._identity: dict[str, Any] = {}
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -101,6 +109,7 @@ class TransformersBackend(ClassifierBackend):
             batch_size=self.max_batch,
             max_input_tokens=self.max_input_tokens,
             max_new_tokens=self.max_new_tokens,
+            max_windows=self.max_windows,
             prefix_cache=self.prefix_cache,
             packing=not self.compile,  # a per-request loop in attention would recompile per batch shape
         )
@@ -115,7 +124,7 @@ class TransformersBackend(ClassifierBackend):
             "model_id": model_identity(self.model),
             "adapter_hash": adapter_fingerprint(self.adapter),
             "mode": self.template.mode,
-            "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces),
+            "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces, self.scorer.windows),
             "label_spec": self.scorer.spec.to_dict(),
         }
 
@@ -169,20 +178,42 @@ class TransformersBackend(ClassifierBackend):
     async def _score_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
-        texts = [t for p in batch for t in p.texts]
         try:
-            scores = (await self._in_model_thread(self.scorer.score, texts)).scores
+            results = await self._in_model_thread(self._score_requests, [p.texts for p in batch])
         except Exception as exc:  # noqa: BLE001 - every waiter gets the failure, the worker lives on
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(BackendError(f"transformers backend failed: {type(exc).__name__}"))
             return
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, InputTooLongError):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def _score_requests(self, requests: list[list[str]]) -> list[WindowedScores | InputTooLongError]:
+        """On the model thread: split each request's texts into windows, score every window of the
+        requests that fit in one call, and hand each request its own inputs (and windows) back; a
+        request with an input over ``max_windows`` gets its InputTooLongError instead."""
+        split: list[list[Windowed] | InputTooLongError] = []
+        for texts in requests:
+            try:
+                split.append(self.scorer.split(texts))
+            except InputTooLongError as exc:
+                split.append(exc)
+        fitting = [part for parts in split if not isinstance(parts, InputTooLongError) for part in parts]
+        scores = self.scorer.score_split(fitting).scores
+        out: list[WindowedScores | InputTooLongError] = []
         start = 0
-        for p in batch:
-            end = start + len(p.texts)
-            if not p.future.done():
-                p.future.set_result(Scores(scores.p_safe[start:end], scores.p_unsafe[start:end]))
-            start = end
+        for parts in split:
+            if isinstance(parts, InputTooLongError):
+                out.append(parts)
+                continue
+            out.append(scores.select(start, start + len(parts)))
+            start += len(parts)
+        return out
 
     async def aclose(self) -> None:
         self.ready = False

@@ -1,7 +1,9 @@
 """The vLLM serving backend: the real vLLM engine in-process, read by the shared confidence reader.
 
-Same prompts, truncation, label spec and identity as the transformers backend (``hf.py``),
-so a calibration bundle fitted with one serves with the other:
+Same prompts, windows (``core.windows``: an input over ``max_input_tokens`` tokens is scored as
+overlapping windows, all submitted to the engine together, and reads as its highest-P(unsafe)
+window), label spec and identity as the transformers backend (``hf.py``), so a calibration bundle
+fitted with one serves with the other:
 
 - direct mode: one request per input with ``max_tokens=1``, ``allowed_token_ids`` = the
   label tokens and ``logprob_token_ids`` = the label tokens. The engine's default
@@ -37,6 +39,14 @@ from guardcal.backends.vllm_engine import EngineLoop
 from guardcal.core.confidence import Scores, from_top_logprobs
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
+from guardcal.core.windows import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MAX_WINDOWS,
+    Windowed,
+    WindowedScores,
+    WindowPolicy,
+    split_texts,
+)
 from guardcal.errors import BackendError, ConfigError
 
 INSTALL_HINT = (
@@ -80,13 +90,14 @@ class VLLMBackend(ClassifierBackend):
         reasoning: bool = False,
         dtype: str = "auto",
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-        max_input_tokens: int = 1024,
+        max_input_tokens: int = DEFAULT_MAX_TOKENS,
         max_new_tokens: int = 256,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         enforce_eager: bool | None = None,
         seed: int = 0,
         tensor_parallel_size: int = 1,
+        max_windows: int | None = DEFAULT_MAX_WINDOWS,
     ) -> None:
         import torch
 
@@ -106,6 +117,7 @@ class VLLMBackend(ClassifierBackend):
         self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
         self.kv_cache_bytes, self.max_model_len, self.max_num_seqs = kv_cache_bytes, max_model_len, max_num_seqs
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
+        self.windows = WindowPolicy(max_input_tokens, max_windows=max_windows)
         self.enforce_eager, self.seed, self.tensor_parallel_size = enforce_eager, seed, tensor_parallel_size
         self.tokenizer: Any = None
         self.spec: LabelSpec | None = None
@@ -146,7 +158,7 @@ class VLLMBackend(ClassifierBackend):
             "model_id": model_identity(self.model),
             "adapter_hash": adapter_fingerprint(self.adapter),
             "mode": self.template.mode,
-            "prompt_fingerprint": self.template.fingerprint(self.spec.surfaces),
+            "prompt_fingerprint": self.template.fingerprint(self.spec.surfaces, self.windows),
             "label_spec": self.spec.to_dict(),
         }
         self._adapter_dir = adapter_dir
@@ -206,7 +218,7 @@ class VLLMBackend(ClassifierBackend):
             ) from exc
 
     def _default_max_model_len(self, path: str) -> int:
-        """Room for the instruction, an input of ``max_input_tokens`` (JSON-escaping can lengthen it)
+        """Room for the instruction, a window of ``max_input_tokens`` tokens (JSON-escaping can lengthen it)
         and the reasoning budget, capped at what the model supports."""
         from transformers import AutoConfig
 
@@ -238,12 +250,18 @@ class VLLMBackend(ClassifierBackend):
     # -- scoring -----------------------------------------------------------------------
 
     async def score(self, texts: list[str]) -> Scores:
+        """Every window of every text, submitted together; each text reads as its highest-P(unsafe)
+        window (``WindowedScores``). InputTooLongError, before anything is submitted, for a text
+        that needs more than ``max_windows`` windows."""
         engine = self._engine
         if engine is None or not engine.running:
             raise BackendError("the vllm backend is not running; start() it first")
-        if not texts:
-            return from_top_logprobs([], self._label_spec())
-        prompts = await asyncio.to_thread(self.prompts, texts)
+        parts = await asyncio.to_thread(self.split, texts)
+        rows = [w for part in parts for w in part.texts]
+        counts, tokens = [len(p.texts) for p in parts], [p.input_tokens for p in parts]
+        if not rows:
+            return WindowedScores.from_windows(from_top_logprobs([], self._label_spec()), counts, tokens)
+        prompts = await asyncio.to_thread(self.prompts, rows)
         if self.template.reasoning:
             ids = await asyncio.to_thread(self._encode_all, prompts)
             thoughts = await _gather(engine.submit(_tokens(i), self._think_params, self._lora) for i in ids)
@@ -251,17 +269,17 @@ class VLLMBackend(ClassifierBackend):
             prompts = [p + _thought(out) + suffix for p, out in zip(prompts, thoughts, strict=True)]
         ids = await asyncio.to_thread(self._encode_all, prompts)
         outputs = await _gather(engine.submit(_tokens(i), self._decision_params, self._lora) for i in ids)
-        return self._read(outputs)
+        return WindowedScores.from_windows(self._read(outputs), counts, tokens)
 
-    def truncate(self, text: str) -> str:
-        """Keep the first ``max_input_tokens`` tokens of the input text (as ``HFScorer.truncate``)."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= self.max_input_tokens:
-            return text
-        return str(self.tokenizer.decode(ids[: self.max_input_tokens]))
+    def split(self, texts: Iterable[str]) -> list[Windowed]:
+        """Each text's windows, as ``HFScorer.split`` (the shared ``core.windows`` helper)."""
+        if self.tokenizer is None:
+            raise BackendError("the vllm backend is not running; start() it first")
+        return split_texts(list(texts), self.tokenizer, self.windows)
 
     def prompts(self, texts: Iterable[str]) -> list[str]:
-        return [self.template.render(self.truncate(t)) for t in texts]
+        """The prompt around each text as given (a window's text, or an input that fits)."""
+        return [self.template.render(t) for t in texts]
 
     def _encode_all(self, prompts: list[str]) -> list[list[int]]:
         # the same token ids HFScorer feeds the model (no special tokens added)

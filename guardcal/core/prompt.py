@@ -3,7 +3,8 @@
 Layout, as in the paper: a safety-classification instruction, then
 ``Input:`` / ``"<input>"`` / ``Classification:``. The wording of the
 instruction is guardcal's reconstruction of the paper's; the fingerprint
-records the exact text so a calibrator is never served with another prompt.
+records the exact text, and how long inputs are split into windows
+(``core.windows``), so a calibrator is never served with another prompt.
 
 The input is JSON-string encoded before it is placed between the quotes:
 quotes become ``\\"``, newlines ``\\n`` and ``<think>``-like tags are
@@ -19,6 +20,8 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Literal
+
+from guardcal.core.windows import WindowPolicy
 
 Mode = Literal["direct", "reasoning"]
 MODES: tuple[Mode, ...] = ("direct", "reasoning")
@@ -86,8 +89,15 @@ class PromptTemplate:
         """Text appended after the reasoning to reach the decision position."""
         return f"\n{THINK_CLOSE}\n{ANSWER_PREFIX}" if self.reasoning else ""
 
-    def fingerprint(self, label_surfaces: tuple[str, ...] = ("Safe", "Unsafe")) -> str:
-        """A stable hash of the template text, the label set and the mode."""
+    def fingerprint(
+        self, label_surfaces: tuple[str, ...] = ("Safe", "Unsafe"), windows: WindowPolicy | None = None
+    ) -> str:
+        """A stable hash of the template text, the label set, the mode and the window policy.
+
+        ``windows`` is how inputs are split for scoring (``core.windows``; default: 1024-token
+        windows): its budget, overlap and deciding rule change scores, so they are part of the
+        prompt a calibration was fitted with. Its ``max_windows`` cap is not (it changes no score).
+        """
         payload = {
             "instruction": self.instruction,
             "direct_rule": DIRECT_RULE,
@@ -98,6 +108,7 @@ class PromptTemplate:
             "mode": self.mode,
             "labels": list(label_surfaces),
             "layout": self.render("{input}"),
+            "windows": (windows or WindowPolicy()).describe(),
         }
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]

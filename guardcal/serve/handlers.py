@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guardcal.errors import InputTooLongError
 from guardcal.serve.errors import NotReadyError, OverloadedError
 from guardcal.serve.metrics import ServeMetrics
 from guardcal.serve.protocol import ErrorResponse
@@ -115,6 +116,9 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
     async def on_overloaded(request: Request, exc: Exception) -> JSONResponse:
         return answer(429, str(exc), {"Retry-After": str(RETRY_AFTER_BUSY_S)})
 
+    async def on_too_long(request: Request, exc: Exception) -> JSONResponse:
+        return answer(413, str(exc))  # names the token count, the window limit and the fix; never the text
+
     async def on_not_ready(request: Request, exc: Exception) -> JSONResponse:
         return answer(503, str(exc), {"Retry-After": str(RETRY_AFTER_NOT_READY_S)})
 
@@ -130,6 +134,7 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
         RequestValidationError: on_validation,
         OverloadedError: on_overloaded,
         NotReadyError: on_not_ready,
+        InputTooLongError: on_too_long,
         Exception: on_unexpected,
     }
     for exc_type, handler in handlers.items():

@@ -47,6 +47,8 @@ from guardcal.serve.settings import ServeSettings
 from guardcal.serve.signing import parse_secret, signed_headers
 
 ENTRY_POINT_GROUP = "guardcal.hooks"
+#: what an escalation payload says was scored (``escalation_payload``'s ``scored``)
+SCORED_KEYS = ("input_tokens", "windows", "decisive_window", "window_p_unsafe_raw")
 _log = logging.getLogger("guardcal.serve.hooks")
 _audit = logging.getLogger("guardcal.audit")
 
@@ -73,12 +75,17 @@ def escalation_payload(
     p_unsafe_raw: float | None,
     context: Mapping[str, Any],
     redact: bool,
+    scored: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON document every hook receives for one escalation.
 
     ``context`` holds ``request_id``, ``metadata``, ``mode``, ``thresholds``, ``model``,
     ``model_version`` and ``policy_version``. Probabilities are plain floats (None when the
     decision failed closed); with ``redact`` the input is replaced by its sha256.
+    ``scored`` says what the model read (``serve.readings``): ``input_tokens``, ``windows`` (how
+    many windows the input was scored as, every one of them), ``decisive_window`` (the one whose
+    calibrated P(unsafe) decided, 0-based) and ``window_p_unsafe_raw`` (each window's raw P(unsafe));
+    all None when nothing was scored (failed closed) or the backend did not say.
     """
     raw_conf = None if p_unsafe_raw is None else max(p_unsafe_raw, 1.0 - p_unsafe_raw)
     payload: dict[str, Any] = {
@@ -91,6 +98,7 @@ def escalation_payload(
         "p_unsafe": decision.p_unsafe,
         "raw_confidence": raw_conf,
         "p_unsafe_raw": p_unsafe_raw,
+        **{key: (scored or {}).get(key) for key in SCORED_KEYS},
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "guardcal_version": __version__,
     }

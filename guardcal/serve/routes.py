@@ -8,7 +8,9 @@ setting (413 input length, 422 batch size) are checked here. Status codes of ``/
 - 400 a body that is not JSON at all (invalid UTF-8, nesting too deep to parse);
 - 401 missing/unknown key (when keys are configured), 403 a key of another scope, or a non-local
   caller without keys (both refused in middleware, before the body is read);
-- 413 an input over ``max_input_chars`` (or a body over the size any valid request needs);
+- 413 an input over ``max_input_chars`` (or a body over the size any valid request needs), or one
+  longer than ``max_windows`` scoring windows of ``max_input_tokens`` tokens (long inputs are scored
+  whole, as overlapping windows: never cut);
 - 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``;
 - 429 (``Retry-After: 1``) the bounded queue is full; 503 (``Retry-After: 5``) not serving (starting,
   draining, model worker stopped), or an escalation that could not be stored by the deadline while

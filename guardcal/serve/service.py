@@ -28,13 +28,14 @@ from guardcal.backends.base import ClassifierBackend, check_identity
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
 from guardcal.core.confidence import Scores
-from guardcal.errors import BackendError, CalibrationError
+from guardcal.errors import BackendError, CalibrationError, InputTooLongError
 from guardcal.serve.errors import NotReadyError, NotStoredError, OverloadedError, StartupError
 from guardcal.serve.hooks import EscalationHook, escalation_payload
 from guardcal.serve.metrics import ServeMetrics
 from guardcal.serve.outbox import DeliveryWorker, Outbox
 from guardcal.serve.policy import Decision, decide_batch, fail_closed
 from guardcal.serve.protocol import Verdict
+from guardcal.serve.readings import readings
 from guardcal.serve.settings import Scope, ServeSettings
 from guardcal.types import LABELS
 
@@ -270,10 +271,10 @@ class GuardService:
             raise NotReadyError(reason)
         started = time.perf_counter()
         async with self.admission.admit():
-            decisions, raw = await self._decide(texts, deadline)
+            decisions, raw, scored = await self._decide(texts, deadline)
         ids = [uuid.uuid4().hex for _ in texts]
-        decisions = await self._escalate(ids, decisions, raw, texts, request_id, metadata, deadline)
-        self._record(ids, decisions, raw, request_id, time.perf_counter() - started)
+        decisions = await self._escalate(ids, decisions, raw, texts, request_id, metadata, deadline, scored)
+        self._record(ids, decisions, raw, request_id, time.perf_counter() - started, scored)
         internal = scope == "internal"
         return [
             Verdict(
@@ -294,15 +295,20 @@ class GuardService:
         timeout = self.settings.request_timeout_s
         return deadline - (min(WRITE_RESERVE_MAX_S, WRITE_RESERVE_FRACTION * timeout) if self.hooks else 0.0)
 
-    async def _decide(self, texts: list[str], deadline: float) -> tuple[list[Decision], list[float | None]]:
-        """Decisions and the raw (uncalibrated) P(unsafe) of each text; failures fail closed."""
+    async def _decide(
+        self, texts: list[str], deadline: float
+    ) -> tuple[list[Decision], list[float | None], list[dict[str, Any] | None]]:
+        """Decisions, the raw (uncalibrated) P(unsafe) of each text and what was scored (``serve.readings``:
+        a long text is decided on its highest calibrated window); failures fail closed. InputTooLongError
+        (an input needing more than ``max_windows`` windows) propagates: the request is refused with 413."""
         mode, fail = self.settings.mode, self.settings.fail_action
         n = len(texts)
         try:
             async with asyncio.timeout_at(self._scoring_deadline(deadline)):
                 scores = await self._scored(texts)
-            p_raw, decided = _readings(scores, n)
-            p_cal = self.calibrator.predict(p_raw) if self.calibrator is not None else p_raw
+            read = readings(scores, n, self.calibrator)
+        except InputTooLongError:
+            raise  # refused whole (413), never decided on a part of it
         except TimeoutError:
             self.metrics.backend_errors.labels(kind="timeout").inc()
             self._failed()
@@ -310,18 +316,18 @@ class GuardService:
                 "backend did not answer within the request deadline (%g s); answering fail-closed",
                 self.settings.request_timeout_s,
             )
-            return [fail_closed("timeout", mode=mode, fail_action=fail)] * n, [None] * n
+            return [fail_closed("timeout", mode=mode, fail_action=fail)] * n, [None] * n, [None] * n
         except Exception as exc:  # any backend/calibration failure fails closed, never 5xx, never allow
             self.metrics.backend_errors.labels(kind="error").inc()
             self._failed()
             _log.warning("backend failed (%s); answering fail-closed", type(exc).__name__)
             # exception text can quote the input: with redact_input only its type is logged
             _audit.debug("backend failure %s", type(exc).__name__, exc_info=not self.settings.redact_input)
-            return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n
+            return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n, [None] * n
         self.failures_in_a_row = 0
-        decisions = decide_batch(p_cal, decided, self.thresholds, mode=mode, fail_action=fail)
-        raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(p_raw, decisions, strict=True)]
-        return decisions, raw
+        decisions = decide_batch(read.p_cal, read.decided, self.thresholds, mode=mode, fail_action=fail)
+        raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(read.p_raw, decisions, strict=True)]
+        return decisions, raw, read.scored
 
     async def _escalate(
         self,
@@ -332,6 +338,7 @@ class GuardService:
         request_id: str | None,
         metadata: Mapping[str, str] | None,
         deadline: float,
+        scored: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[Decision]:
         """Write every escalation to the outbox, by the request's deadline, before the request is answered.
 
@@ -356,7 +363,13 @@ class GuardService:
             (
                 ids[i],
                 escalation_payload(
-                    ids[i], decisions[i], text=texts[i], p_unsafe_raw=raw[i], context=context, redact=redact
+                    ids[i],
+                    decisions[i],
+                    text=texts[i],
+                    p_unsafe_raw=raw[i],
+                    context=context,
+                    redact=redact,
+                    scored=scored[i] if scored is not None else None,
                 ),
             )
             for i in picked
@@ -401,20 +414,29 @@ class GuardService:
         return out
 
     def _record(
-        self, ids: list[str], decisions: list[Decision], raw: list[float | None], request_id: str | None, took: float
+        self,
+        ids: list[str],
+        decisions: list[Decision],
+        raw: list[float | None],
+        request_id: str | None,
+        took: float,
+        scored: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> None:
         m = self.metrics
         m.latency.observe(took)
         m.batch_size.observe(len(decisions))
-        for vid, d, p_raw in zip(ids, decisions, raw, strict=True):
+        for i, (vid, d, p_raw) in enumerate(zip(ids, decisions, raw, strict=True)):
+            what = (scored[i] if scored is not None else None) or {}
             m.requests.labels(action=d.policy_action, label=d.label).inc()
             if d.confidence is not None:
                 m.confidence.observe(d.confidence)
             if d.escalated:
                 m.escalations.labels(reason=d.reason).inc()
             _audit.debug(
-                "verdict id=%s request_id=%s label=%s action=%s policy=%s reason=%s p_unsafe_raw=%s p_unsafe=%s",
+                "verdict id=%s request_id=%s label=%s action=%s policy=%s reason=%s p_unsafe_raw=%s p_unsafe=%s "
+                "input_tokens=%s windows=%s decisive_window=%s",
                 vid, request_id, d.label, d.action, d.policy_action, d.reason, p_raw, d.p_unsafe,
+                what.get("input_tokens"), what.get("windows"), what.get("decisive_window"),
             )  # fmt: skip
         counts = Counter(d.policy_action for d in decisions)
         _log.info(

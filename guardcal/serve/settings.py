@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from guardcal.assets import DEFAULT, DEFAULT_BUNDLE
+from guardcal.core.windows import DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS
 from guardcal.errors import ConfigError, ModelError
 from guardcal.models.default import DEFAULT_MODEL, guardcal_home
 from guardcal.models.shipped import DEFAULT_REASONING_BUDGET, shipped_setup
@@ -89,6 +90,15 @@ def _fitted_dtype(bundle: Path) -> Any:
     except (OSError, ValueError, AttributeError):
         return None  # the start-up load reports a broken bundle properly
     return fitted if fitted in ("float32", "bfloat16", "float16") else None
+
+
+def _fitted_window(bundle: Path) -> int | None:
+    """The window budget a bundle's fit set was scored with (``extra.max_input_tokens``), or None."""
+    try:
+        fitted = (json.loads(bundle.read_text(encoding="utf-8")).get("extra") or {}).get("max_input_tokens")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fitted if isinstance(fitted, int) and not isinstance(fitted, bool) and fitted >= 1 else None
 
 
 def _default_outbox() -> Path:
@@ -171,6 +181,21 @@ class ServeSettings(BaseSettings):
         "escalate", description="action when the model gives no decision, fails or times out (never allow)"
     )
     max_input_chars: int = Field(20_000, ge=1, description="longer inputs are refused with 413")
+    max_input_tokens: int = Field(
+        DEFAULT_MAX_TOKENS,
+        ge=1,
+        le=1 << 20,
+        description="tokens per scoring window: a longer input is scored whole, as overlapping windows of this "
+        "many tokens, and decided on its highest calibrated P(unsafe); part of the prompt fingerprint, so it must "
+        "be the value the bundle was fitted with (default: the bundle's recorded value, else 1024)",
+    )
+    max_windows: int = Field(
+        DEFAULT_MAX_WINDOWS,
+        ge=1,
+        le=1024,
+        description="most windows one input is scored as (each costs a forward of up to max_input_tokens tokens); "
+        "an input needing more is refused with 413, never cut",
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="most inputs in one request (more: 422)")
     request_timeout_s: float = Field(
         30.0,
@@ -289,11 +314,14 @@ class ServeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _follow_the_bundle(self) -> ServeSettings:
-        """Score the way the bundle was fitted: the shipped bundle's setting, then any bundle's dtype."""
+        """Score the way the bundle was fitted: the shipped bundle's setting, then any bundle's dtype and
+        window budget (``extra.dtype``, ``extra.max_input_tokens``) unless set explicitly."""
         self._take_shipped_setting()
         path = self.bundle_path()
         if "dtype" not in self.model_fields_set and path is not None:
             self.dtype = _fitted_dtype(path) or self.dtype
+        if "max_input_tokens" not in self.model_fields_set and path is not None:
+            self.max_input_tokens = _fitted_window(path) or self.max_input_tokens
         return self
 
     def _take_shipped_setting(self) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import PromptTemplate
+from guardcal.core.windows import first_window
 from guardcal.errors import DataError
 from guardcal.types import LABELS, Example
 
@@ -23,8 +24,12 @@ def check_trainable(examples: list[Example], key: str) -> None:
 
 
 def truncate(text: str, tokenizer: Any, max_tokens: int) -> str:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return text if len(ids) <= max_tokens else str(tokenizer.decode(ids[:max_tokens]))
+    """A labelled training row's text: its first ``max_tokens`` tokens (``core.windows.first_window``).
+
+    Training keeps one prompt per labelled row, so an over-budget row is trained on its first
+    window only; scoring (evaluate, calibrate, serve) reads every window instead.
+    """
+    return first_window(text, tokenizer, max_tokens)
 
 
 def decision_token_id(tokenizer: Any, spec: LabelSpec, label: str) -> int:

@@ -39,14 +39,28 @@ def test_order_is_preserved_and_values_are_probabilities(scorer):
     assert ((fwd.p_unsafe_norm > 0) & (fwd.p_unsafe_norm < 1)).all()
 
 
-def test_long_inputs_are_truncated_to_the_budget(default_model):
-    s = HFScorer(default_model.model, default_model.tokenizer, max_input_tokens=16)
-    long_text = "word " * 5000
-    prompt = s.prompts([long_text])[0]
-    assert prompt.endswith("Classification:")
-    n = len(default_model.tokenizer.encode(prompt))
-    assert n < len(default_model.tokenizer.encode(s.template.render(""))) + 40
-    assert s.score([long_text]).scores.decided.all()
+def test_a_long_input_is_scored_whole_as_windows_and_reads_as_its_worst(default_model):
+    """Past the budget nothing is cut: every window is scored (in the same batches as the other
+    inputs) and the input reads as its highest-P(unsafe) window; inputs that fit score as before."""
+    tok = default_model.tokenizer
+    s = HFScorer(default_model.model, tok, max_input_tokens=24, batch_size=4)
+    long_text = "The library opens at nine and closes at six. " * 6 + "I will find you and hurt you badly."
+    parts = s.split([long_text])
+    windows = parts[0].texts
+    assert len(windows) > 2 and windows[-1].endswith("hurt you badly.")  # the tail reaches the model
+    rendered = s.window_prompts([long_text])
+    assert rendered == [s.template.render(w) for w in windows]
+    assert all(p.endswith("Classification:") for p in rendered)
+
+    texts = [TEXTS[0], long_text, TEXTS[2]]
+    out = s.score(texts).scores
+    alone = s.score(list(windows)).scores  # each window on its own
+    assert out.windows.tolist() == [1, len(windows), 1] and len(out.window_scores) == len(windows) + 2
+    np.testing.assert_allclose(out.window_scores.p_unsafe_norm[1:-1], alone.p_unsafe_norm, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.p_unsafe_norm[1], alone.p_unsafe_norm.max(), rtol=1e-4, atol=1e-6)
+    short = HFScorer(default_model.model, tok).score([TEXTS[0], TEXTS[2]]).scores  # the inputs that fit: unchanged
+    np.testing.assert_allclose(out.p_unsafe[[0, 2]], short.p_unsafe, rtol=1e-4, atol=1e-6)
+    assert out.input_tokens[1] == len(tok.encode(long_text, add_special_tokens=False))
 
 
 def test_reasoning_mode_generates_then_reads(default_model):

@@ -184,14 +184,15 @@ async def test_streamed_body_over_the_limit_is_413_not_5xx(kit, make_settings):
 
 def test_real_backend_answers_hostile_inputs_with_the_input_inside_the_prompt(make_settings, monkeypatch):
     """The real transformers backend and default model: every case gets a verdict, every prompt it
-    renders keeps the input between the quotes, and 1 MB (with the limit raised) is cut, not fatal."""
+    renders keeps the input between the quotes, and 1 MB (with the character limit raised) is refused
+    with 413 naming the window limit: never cut, never fatal."""
     import asyncio
 
     from guardcal.backends.transformers_backend import TransformersBackend
 
     monkeypatch.setenv("GUARDCAL_HOME", REAL_HOME)  # the materialised default model, not a fresh copy
 
-    backend = TransformersBackend(max_batch=8, max_input_tokens=256)
+    backend = TransformersBackend(max_batch=8)  # the default window policy: the one the shipped bundle fits
     settings = make_settings(
         bundle="default", escalate_below=None, max_input_chars=2 * MB, max_batch=40, request_timeout_s=600
     )
@@ -218,11 +219,11 @@ def test_real_backend_answers_hostile_inputs_with_the_input_inside_the_prompt(ma
         return batch, single, big
 
     responses = asyncio.run(run())
-    assert [r.status_code for r in responses] == [200, 200, 200], responses[0].text
-    verdicts = responses[0].json()["results"] + [r.json() for r in responses[1:]]
-    assert len(verdicts) == len(texts) + 2
+    assert [r.status_code for r in responses] == [200, 200, 413], responses[0].text
+    verdicts = responses[0].json()["results"] + [responses[1].json()]
+    assert len(verdicts) == len(texts) + 1
     assert all(v["label"] in ("safe", "unsafe") and v["action"] in ("allow", "block", "escalate") for v in verdicts)
-    assert len(prompts) == len(texts) + 2
+    assert len(prompts) == len(texts) + 1  # nothing of the refused input reached the model
     decoded = [assert_inside_delimiters(prompt, None, backend.template) for prompt in prompts]
-    assert decoded[: len(texts) + 1] == texts + [ANSWERED["forge the layout"]]  # unchanged, in order
-    assert huge.startswith(decoded[-1]) and len(decoded[-1]) < 2000  # 1 MB cut to the 256-token budget
+    assert decoded == texts + [ANSWERED["forge the layout"]]  # unchanged, in order
+    assert "limit is 8 windows" in responses[2].json()["error"]["message"]  # 1 MB: never cut to the budget
