@@ -163,6 +163,22 @@ class CalibrateCommand(Command):
         parser.add_argument("--target-error-unsafe", type=float, help="a separate α for predicted-unsafe")
         parser.add_argument("--delta", type=float, default=0.1, help="the guarantee holds with probability 1 − δ")
         parser.add_argument("--threshold", type=float, help="a fixed confidence threshold instead of risk control")
+        parser.add_argument(
+            "--threshold-share",
+            type=float,
+            default=0.5,
+            help="share of the fit rows held out from the calibrator to choose the risk-controlled thresholds "
+            "(the guarantee needs rows the calibrator has not seen; default 0.5)",
+        )
+        parser.add_argument("--split-seed", type=int, default=0, help="seed of that split (stratified by label)")
+        parser.add_argument(
+            "--start-errors",
+            type=int,
+            default=None,
+            help="Learn-Then-Test starts at the first threshold where this many errors could still be rejected "
+            "(0 = the first testable one, where a single error ends the search); default: chosen per label on "
+            "the calibrator's rows, never the threshold rows' labels",
+        )
         parser.add_argument("--fit-dataset", default="openai-moderation:calib")
         parser.add_argument(
             "--eval-dataset",
@@ -192,6 +208,9 @@ class CalibrateCommand(Command):
             target_error=args.target_error,
             target_error_unsafe=args.target_error_unsafe,
             delta=args.delta,
+            threshold_share=args.threshold_share,
+            split_seed=args.split_seed,
+            start_errors=args.start_errors,
             threshold=args.threshold,
             report=args.report,
             max_input_tokens=args.max_input_tokens,
@@ -206,6 +225,20 @@ class CalibrateCommand(Command):
                 print(f"{stage:6} {key:24} accuracy {m['accuracy']:.3f}  ECE {m['ece']:.3f}  Brier {m['brier']:.3f}")
         t = bundle.thresholds
         print(f"thresholds ({t['method']}): safe >= {t['safe']:.3f}, unsafe >= {t['unsafe']:.3f}")
+        x = bundle.extra
+        if x.get("threshold_n"):
+            print(f"calibrator fitted on {x['calibrator_n']} rows, thresholds chosen on {x['threshold_n']} other rows")
+        for key, e in x.get("escalation", {}).items():
+            err = "n/a" if e["error"] is None else f"{100 * e['error']:.1f}%"
+            cover = 100 * e["coverage"]
+            print(f"{key:24} auto-decided {cover:.1f}% (error {err}), escalated {100 - cover:.1f}%")
+        if escalate_all := t.get("escalate_all"):
+            print(
+                f"WARNING: no threshold met the target for {', '.join(escalate_all)}: every prediction of "
+                f"{'those labels' if len(escalate_all) > 1 else 'that label'} will escalate; train a better model, "
+                "raise --target-error, or calibrate on more rows",
+                file=sys.stderr,
+            )
         print(f"wrote {args.output}" + (f" and {args.report}/report.md" if args.report else ""))
         return 0
 

@@ -3,7 +3,14 @@
 Scores the fit split (``openai-moderation:calib``) with the shared scorer,
 fits Platt / isotonic / temperature on P(unsafe) renormalised over the two
 labels, chooses thresholds (fixed, or risk-controlled with Learn-Then-Test),
-and evaluates before and after on the evaluation sets. Writes the bundle JSON
+and evaluates before and after on the evaluation sets.
+
+Risk control needs rows the calibrator has not seen: Learn-Then-Test's guarantee (error among
+auto-decided ≤ α with probability ≥ 1 − δ) holds for a calibrator that is fixed before the
+threshold rows are looked at. So the fit split is divided once, seeded and stratified by label
+(:func:`split_fit_rows`): the calibrator is fitted on one part and the thresholds are chosen on
+the other, and the bundle records which row ids served which purpose (``extra["split"]``). A
+fixed ``--threshold`` looks at no labels, so then every fit row fits the calibrator. Writes the bundle JSON
 and, with ``report``, a Markdown report with reliability diagrams before/after.
 """
 
@@ -19,7 +26,12 @@ import numpy as np
 from guardcal.calibrate.base import make_calibrator
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.plots import plot_reliability, slug
-from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds, risk_controlled_thresholds
+from guardcal.calibrate.thresholds import (
+    Thresholds,
+    choose_start_errors,
+    fixed_thresholds,
+    risk_controlled_thresholds,
+)
 from guardcal.data.datasets import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.evaluate import (
@@ -49,6 +61,9 @@ class CalibrateConfig:
     target_error: float = 0.05
     target_error_unsafe: float | None = None
     delta: float = 0.1
+    threshold_share: float = 0.5
+    split_seed: int = 0
+    start_errors: int | None = None  # None: chosen per label on the calibrator's rows
     threshold: float | None = None
     report: Path | None = None
     dtype: str = "float32"
@@ -60,14 +75,48 @@ class CalibrateConfig:
 
     def __post_init__(self) -> None:
         make_calibrator(self.method)  # fails early on an unknown method
+        if not 0.0 < self.threshold_share < 1.0:
+            raise ConfigError(
+                f"--threshold-share must be in (0, 1), got {self.threshold_share}: the thresholds need rows the "
+                "calibrator was not fitted on, and the calibrator needs rows of its own (e.g. 0.5)"
+            )
 
 
-def choose_thresholds(cfg: CalibrateConfig, p_cal: np.ndarray, y: np.ndarray) -> Thresholds:
+def split_fit_rows(
+    rows: list[dict[str, Any]], threshold_share: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(calibrator rows, threshold rows): a seeded split, stratified by gold label, in input order.
+
+    Each label's rows are shuffled with ``numpy.random.default_rng(seed)`` and the first
+    ``round(share × count)`` go to the thresholds; every label keeps at least one row on each side
+    when it has two or more.
+    """
+    rng = np.random.default_rng(seed)
+    to_thresholds: set[int] = set()
+    for label in sorted({r["label"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["label"] == label]
+        k = int(round(threshold_share * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        to_thresholds.update(int(i) for i in rng.permutation(idx)[:k])
+    fit = [r for i, r in enumerate(rows) if i not in to_thresholds]
+    held = [r for i, r in enumerate(rows) if i in to_thresholds]
+    return fit, held
+
+
+def choose_thresholds(
+    cfg: CalibrateConfig, p_cal: np.ndarray, y: np.ndarray, p_fit: np.ndarray, y_fit: np.ndarray
+) -> Thresholds:
+    """Learn-Then-Test thresholds on ``(p_cal, y)``, rows the calibrator never saw.
+
+    ``(p_fit, y_fit)`` are the calibrator's own rows, calibrated: with ``start_errors`` unset they pick
+    where each label's walk starts (:func:`choose_start_errors`), without looking at ``y``.
+    """
     if cfg.threshold is not None:
         return fixed_thresholds(cfg.threshold)
-    return risk_controlled_thresholds(
-        p_cal, y, target_error=cfg.target_error, delta=cfg.delta, target_error_unsafe=cfg.target_error_unsafe
-    )
+    targets = {"target_error": cfg.target_error, "delta": cfg.delta, "target_error_unsafe": cfg.target_error_unsafe}
+    start = cfg.start_errors if cfg.start_errors is not None else choose_start_errors(p_fit, y_fit, **targets)
+    return risk_controlled_thresholds(p_cal, y, **targets, start_errors=start)
 
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -92,7 +141,8 @@ def score_rows(cfg: CalibrateConfig) -> tuple[Rows, dict[str, Any]]:
         examples = subsample(load_dataset(key, cfg.data_dir), cfg.limit)
         scored = session.scorer.score([e.text for e in examples], cfg.progress)
         rows[key] = prediction_rows(key, examples, scored.scores)
-    return rows, {**session.identity(), **scoring_setting(cfg.dtype, cfg.max_new_tokens if cfg.reasoning else None)}
+    setting = scoring_setting(cfg.dtype, cfg.max_new_tokens if cfg.reasoning else None, cfg.max_input_tokens)
+    return rows, {**session.identity(), **setting}
 
 
 def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str, Any]]:
@@ -111,12 +161,18 @@ def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str
     if missing:
         raise ConfigError(f"{pred_file} has no predictions for {missing}; evaluate with --dataset for each of them")
     identity = {k: run[k] for k in ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")}
-    return rows, {**identity, **scoring_setting(run.get("dtype"), run.get("max_new_tokens"))}
+    return rows, {
+        **identity,
+        **scoring_setting(run.get("dtype"), run.get("max_new_tokens"), run.get("max_input_tokens")),
+    }
 
 
-def scoring_setting(dtype: str | None, max_new_tokens: int | None) -> dict[str, Any]:
-    """How the fit set was scored, kept in the bundle's ``extra`` so serving can score the same way."""
-    return {"dtype": dtype, "max_new_tokens": max_new_tokens}
+def scoring_setting(
+    dtype: str | None, max_new_tokens: int | None, max_input_tokens: int | None = None
+) -> dict[str, Any]:
+    """How the fit set was scored, kept in the bundle's ``extra`` so serving can score the same way
+    (dtype, reasoning budget, and the window budget each window of an input is cut to)."""
+    return {"dtype": dtype, "max_new_tokens": max_new_tokens, "max_input_tokens": max_input_tokens}
 
 
 def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
@@ -124,15 +180,41 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     keys = [cfg.fit_dataset, *cfg.eval_datasets]
     rows, identity = rows_from_predictions(cfg.predictions, keys) if cfg.predictions else score_rows(cfg)
     fit = rows[cfg.fit_dataset]
-    y_fit = np.array([r["label"] == UNSAFE for r in fit], dtype=np.int64)
-    calibrator = make_calibrator(cfg.method).fit(np.array([r["p_unsafe"] for r in fit]), y_fit)
-    thresholds = choose_thresholds(cfg, calibrator.predict(np.array([r["p_unsafe"] for r in fit])), y_fit)
-    scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens")}
+    if cfg.threshold is None:
+        cal_rows, threshold_rows = split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
+    else:
+        cal_rows, threshold_rows = fit, []
+    calibrator = make_calibrator(cfg.method).fit(_p(cal_rows), _y(cal_rows))
+    thresholds = choose_thresholds(
+        cfg,
+        calibrator.predict(_p(threshold_rows)),
+        _y(threshold_rows),
+        calibrator.predict(_p(cal_rows)),
+        _y(cal_rows),
+    )
+    scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
+    split = {
+        "rule": "seeded split stratified by label (guardcal.posthoc.split_fit_rows)"
+        if threshold_rows
+        else "fixed threshold: no threshold rows, every fit row fits the calibrator",
+        "seed": cfg.split_seed,
+        "threshold_share": cfg.threshold_share if threshold_rows else 0.0,
+        "calibrator_ids": [r["id"] for r in cal_rows],
+        "threshold_ids": [r["id"] for r in threshold_rows],
+    }
     bundle = CalibrationBundle.from_fitted(
         calibrator,
         thresholds,
         **identity,
-        extra={"fit_dataset": cfg.fit_dataset, "fit_n": len(fit), "adapter": cfg.adapter, **scoring},
+        extra={
+            "fit_dataset": cfg.fit_dataset,
+            "fit_n": len(fit),
+            "calibrator_n": len(cal_rows),
+            "threshold_n": len(threshold_rows),
+            "split": split,
+            "adapter": cfg.adapter,
+            **scoring,
+        },
     )
     metrics: dict[str, dict[str, Any]] = {"before": {}, "after": {}}
     escalation: dict[str, Any] = {}
@@ -148,6 +230,14 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     return bundle
 
 
+def _p(rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([r["p_unsafe"] for r in rows], dtype=np.float64)
+
+
+def _y(rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
+
+
 def write_report(out: Path, bundle: CalibrationBundle, rows: dict[str, list[dict[str, Any]]], keys: list[str]) -> None:
     """report.md with before/after metrics, escalation coverage and reliability PNGs."""
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +246,9 @@ def write_report(out: Path, bundle: CalibrationBundle, rows: dict[str, list[dict
         f"# guardcal calibrate: {bundle.method}",
         "",
         f"model `{bundle.model_id}`, adapter `{bundle.adapter_hash}`, mode `{bundle.mode}`, "
-        f"prompt `{bundle.prompt_fingerprint}`; fitted on {bundle.extra['fit_dataset']} (n={bundle.extra['fit_n']})",
+        f"prompt `{bundle.prompt_fingerprint}`; fitted on {bundle.extra['fit_dataset']} (n={bundle.extra['fit_n']}: "
+        f"{bundle.extra['calibrator_n']} rows fit the calibrator, {bundle.extra['threshold_n']} other rows choose "
+        "the thresholds)",
         "",
         "| dataset | stage | " + " | ".join(names) + " |",
         "|---" * (len(names) + 2) + "|",

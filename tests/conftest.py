@@ -27,6 +27,10 @@ def _offline() -> None:
     """Nothing in the suite may reach a model hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # subprocesses (benchmarks, CLIs) find the shared data as the tests do, whatever test ran first
+    shared = Path(__file__).parents[1].parent / "shared" / "data"
+    if shared.is_dir():
+        os.environ.setdefault("GUARDCAL_DATA_DIR", str(shared))
 
 
 @pytest.fixture(scope="session")

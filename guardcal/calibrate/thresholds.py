@@ -14,14 +14,18 @@ Clopper-Pearson). Walking down, each ``H0`` is tested at level ``delta`` and the
 first non-rejection; the last rejected ``t`` is chosen, so with probability >= 1 - delta the
 error among auto-decided examples is <= alpha. Leading candidates auto-deciding so few examples
 that even ``k = 0`` cannot reject (``(1 - alpha)^n > delta``) are skipped rather than ending the
-walk; that choice depends on the confidences only, never on the labels. With ``per_label`` the
+walk; that choice depends on the confidences only, never on the labels. ``start_errors = s`` moves
+that start further down, to the first candidate where even ``s`` errors could still be rejected
+(``P(Bin(n, alpha) <= s) <= delta``): with ``s = 0`` one error among the few most confident rows ends
+the walk before any candidate with enough rows to absorb it is tested; ``s`` is fixed before the
+labels are looked at, so the guarantee is unchanged. With ``per_label`` the
 predicted-safe and predicted-unsafe groups are tested separately, each at ``delta / 2``
 (Bonferroni), so both guarantees hold together with probability >= 1 - delta.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -166,7 +170,12 @@ def coverage_and_error(p_unsafe: ArrayLike, labels: ArrayLike, thresholds: Thres
 
 
 def _ltt(
-    conf: NDArray[np.float64], wrong: NDArray[np.bool_], alpha: float, delta: float, grid: NDArray[np.float64]
+    conf: NDArray[np.float64],
+    wrong: NDArray[np.bool_],
+    alpha: float,
+    delta: float,
+    grid: NDArray[np.float64],
+    start_errors: int = 0,
 ) -> dict[str, Any]:
     """Fixed-sequence LTT on one group; ``grid`` sorted high to low. Returns the group's facts."""
     from scipy.stats import binom  # calibration-time only
@@ -176,7 +185,7 @@ def _ltt(
     n = conf.size - np.searchsorted(sorted_conf, grid, side="left")  # auto-decided count at each candidate
     k = cum_wrong[n]  # errors among the n most confident
     p_values = binom.cdf(k, n, alpha)
-    testable = np.flatnonzero(binom.cdf(0, n, alpha) <= delta)  # can reject at all (k = 0)
+    testable = np.flatnonzero(binom.cdf(start_errors, n, alpha) <= delta)  # could reject with start_errors errors
     chosen: int | None = None
     if testable.size:
         for i in range(testable[0], grid.size):
@@ -201,6 +210,17 @@ def _ltt(
     }
 
 
+def _start_errors(value: int | Mapping[str, int]) -> dict[str, int]:
+    """``start_errors`` as one whole number >= 0 per predicted label."""
+    per_label = dict(value) if isinstance(value, Mapping) else {SAFE: value, UNSAFE: value}
+    if set(per_label) != {SAFE, UNSAFE}:
+        raise CalibrationError(f"start_errors per label needs {SAFE!r} and {UNSAFE!r}, got {sorted(per_label)}")
+    for label, s in per_label.items():
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise CalibrationError(f"start_errors must be a whole number >= 0, got {s!r} for {label}")
+    return per_label
+
+
 def risk_controlled_thresholds(
     p_unsafe: ArrayLike,
     labels: ArrayLike,
@@ -209,6 +229,7 @@ def risk_controlled_thresholds(
     per_label: bool = True,
     target_error_unsafe: float | None = None,
     grid: ArrayLike | None = None,
+    start_errors: int | Mapping[str, int] = 0,
 ) -> Thresholds:
     """Thresholds whose auto-decided error is <= ``target_error`` with probability >= 1 - ``delta``.
 
@@ -229,6 +250,10 @@ def risk_controlled_thresholds(
         alpha for predicted-unsafe examples (default ``target_error``); needs ``per_label``.
     grid : array_like, optional
         Candidate thresholds in [0.5, 1]; default: every calibration confidence plus 1.0.
+    start_errors : int or {"safe": int, "unsafe": int}, default 0
+        The walk starts at the first candidate where this many errors could still be rejected (module
+        docstring); fix it before looking at these labels (e.g. with :func:`choose_start_errors` on
+        other rows).
 
     Returns
     -------
@@ -244,25 +269,26 @@ def risk_controlled_thresholds(
     alpha_unsafe = (
         alpha_safe if target_error_unsafe is None else _check_rate(target_error_unsafe, "target_error_unsafe")
     )
+    starts = _start_errors(start_errors)
     candidates = None if grid is None else check_scores(grid, "grid")
     if candidates is not None and (candidates.size == 0 or np.any(candidates < 0.5)):
         raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
     conf, pred_unsafe = confidence(p), p >= 0.5
     wrong = pred_unsafe != (y == 1)
 
-    def group(mask: NDArray[np.bool_], alpha: float, level: float) -> dict[str, Any]:
+    def group(mask: NDArray[np.bool_], alpha: float, level: float, start: int) -> dict[str, Any]:
         values = np.unique(np.append(conf[mask], 1.0)) if candidates is None else np.unique(candidates)
-        return _ltt(conf[mask], wrong[mask], alpha, level, values[::-1])
+        return {**_ltt(conf[mask], wrong[mask], alpha, level, values[::-1], start), "start_errors": start}
 
     if per_label:
         groups = {
-            SAFE: group(~pred_unsafe, alpha_safe, delta / 2.0),
-            UNSAFE: group(pred_unsafe, alpha_unsafe, delta / 2.0),
+            SAFE: group(~pred_unsafe, alpha_safe, delta / 2.0, starts[SAFE]),
+            UNSAFE: group(pred_unsafe, alpha_unsafe, delta / 2.0, starts[UNSAFE]),
         }
         safe_t, unsafe_t = groups[SAFE]["threshold"], groups[UNSAFE]["threshold"]
         failed = [label for label in (SAFE, UNSAFE) if not groups[label]["met"]]
     else:
-        groups = {"all": group(np.ones(p.size, dtype=bool), alpha_safe, delta)}
+        groups = {"all": group(np.ones(p.size, dtype=bool), alpha_safe, delta, max(starts.values()))}
         safe_t = unsafe_t = groups["all"]["threshold"]
         failed = [] if groups["all"]["met"] else [SAFE, UNSAFE]
     flags = [f"{name}: {NO_THRESHOLD_FLAG}" for name, g in groups.items() if not g["met"]]
@@ -272,6 +298,7 @@ def risk_controlled_thresholds(
         "per_label": per_label,
         "correction": "bonferroni (delta / 2 per label)" if per_label else "none",
         "grid": "calibration confidences + 1.0" if candidates is None else f"{candidates.size} given values",
+        "start_errors": starts,
         "n": int(p.size),
         "groups": groups,
         "flags": flags,
@@ -279,3 +306,34 @@ def risk_controlled_thresholds(
     result = Thresholds(safe_t, unsafe_t, "risk_controlled", details, tuple(failed))
     details["calibration"] = coverage_and_error(p, y, result)
     return result
+
+
+START_ERROR_CHOICES: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8)
+
+
+def choose_start_errors(
+    p_unsafe: ArrayLike,
+    labels: ArrayLike,
+    *,
+    target_error: float,
+    delta: float,
+    target_error_unsafe: float | None = None,
+    choices: Sequence[int] = START_ERROR_CHOICES,
+) -> dict[str, int]:
+    """Per predicted label, the ``start_errors`` whose walk auto-decides the most of *these* rows.
+
+    Run it on rows the thresholds will not be chosen on (the calibrator's own rows): the choice then
+    depends on the threshold rows' confidences only, never on their labels, and the guarantee of
+    :func:`risk_controlled_thresholds` on those rows is unchanged. Ties go to the smaller value.
+    """
+    best: dict[str, tuple[float, int]] = {}
+    for s in choices:
+        groups = risk_controlled_thresholds(
+            p_unsafe, labels, target_error=target_error, delta=delta,
+            target_error_unsafe=target_error_unsafe, start_errors=s,
+        ).details["groups"]  # fmt: skip
+        for label in (SAFE, UNSAFE):
+            covered = float(groups[label]["n_auto"])
+            if label not in best or covered > best[label][0]:
+                best[label] = (covered, s)
+    return {label: s for label, (_, s) in best.items()}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardcal.assets import DEFAULT, DEFAULT_ADAPTER
 from guardcal.errors import ModelError
-from guardcal.models.default import DEFAULT_MODEL, default_model_dir
+from guardcal.models.default import DEFAULT_MODEL, default_model_dir, guardcal_home
 
 if TYPE_CHECKING:
     import torch
@@ -112,10 +112,68 @@ def model_device(model: Any) -> torch.device:
 
 
 def model_identity(model: str) -> str:
-    """A stable id for bundles: the default model's id names its weights' digest."""
+    """A stable id for bundles, bound to the weights rather than to the name typed.
+
+    The default model's id names its weights' digest. Any other model that is a local folder (or a
+    Hugging Face id found in the local cache) is identified by :func:`weights_fingerprint`, so a
+    bundle fitted on one set of weights is refused for another under the same path, and accepted
+    for the same weights under another path. A model that cannot be found locally keeps its name.
+    """
     if model == DEFAULT_MODEL:
         return "default:" + default_model_dir().name
-    return model
+    folder = local_model_dir(model)
+    return model if folder is None else "weights:" + weights_fingerprint(folder)
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The folder holding ``model``'s weights: the path itself, or its snapshot in the HF cache."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # not a repo id, or not cached: nothing local to fingerprint
+        return None
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 over ``config.json`` and every ``*.safetensors`` file (sorted by name) of a model folder.
+
+    Hashing multi-GB weights takes a while, so the digest is remembered per (path, size, mtime) in
+    ``$GUARDCAL_HOME/weights-fingerprints.json``; a changed file is hashed again.
+    """
+    import hashlib
+    import json
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder} holds no *.safetensors weights; guardcal loads only safetensors (no pickle)")
+    files = [f for f in (folder / "config.json",) if f.is_file()] + files
+    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    memo_path = guardcal_home() / "weights-fingerprints.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo, dict) and isinstance(memo.get(key), str):
+        return str(memo[key])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    digest = "sha256:" + h.hexdigest()[:16]
+    memo = memo if isinstance(memo, dict) else {}
+    memo[key] = digest
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        memo_path.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+    except OSError:
+        pass  # a read-only home only costs hashing again next time
+    return digest
 
 
 def adapter_fingerprint(adapter: str | Path | None) -> str | None:

@@ -29,7 +29,7 @@ from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
 from guardcal.core.confidence import Scores
 from guardcal.errors import BackendError, CalibrationError, InputTooLongError
-from guardcal.serve.errors import NotReadyError, NotStoredError, OverloadedError, StartupError
+from guardcal.serve.errors import NotReadyError, NotStoredError, OutboxFullError, OverloadedError, StartupError
 from guardcal.serve.hooks import EscalationHook, escalation_payload
 from guardcal.serve.metrics import ServeMetrics
 from guardcal.serve.outbox import DeliveryWorker, Outbox
@@ -39,8 +39,6 @@ from guardcal.serve.readings import readings
 from guardcal.serve.settings import Scope, ServeSettings
 from guardcal.types import LABELS
 
-#: Threshold used when there is neither a bundle nor ``escalate_below`` (raw confidences are overconfident).
-DEFAULT_UNCALIBRATED_THRESHOLD = 0.9
 WARM_UP_TEXT = "Hello, how are you today?"
 #: part of a request's deadline kept for the outbox write: scoring stops this much earlier (at most 1 s)
 WRITE_RESERVE_FRACTION, WRITE_RESERVE_MAX_S = 0.1, 1.0
@@ -63,15 +61,17 @@ def load_bundle(settings: ServeSettings) -> CalibrationBundle | None:
 
 
 def resolve_thresholds(settings: ServeSettings, bundle: CalibrationBundle | None) -> Thresholds:
-    """``escalate_below`` (1.0: escalate everything) > the bundle's thresholds > a fixed default."""
+    """``escalate_below`` (1.0: escalate everything) > the bundle's thresholds; neither is refused."""
     if settings.escalate_below is not None:
         if settings.escalate_below >= 1.0:
             return Thresholds(1.0, 1.0, "fixed", {"escalate_below": 1.0}, LABELS)
         return fixed_thresholds(settings.escalate_below)
     if bundle is not None:
         return bundle.get_thresholds()
-    _log.warning("no calibration bundle and no GUARDCAL_ESCALATE_BELOW: escalating on the fixed default threshold")
-    return fixed_thresholds(DEFAULT_UNCALIBRATED_THRESHOLD)
+    raise StartupError(  # ServeSettings refuses this already; kept for settings built without validation
+        "no calibration bundle and no escalate_below: pass --bundle FILE from guardcal calibrate, or "
+        "--bundle none --escalate-below P"
+    )
 
 
 def _digest(prefix: str, value: Any) -> str:
@@ -185,7 +185,7 @@ class GuardService:
                 scores = await asyncio.wait_for(
                     self._scored([WARM_UP_TEXT]), min(PROBE_TIMEOUT_S, self.settings.request_timeout_s)
                 )
-                _readings(scores, 1)
+                readings(scores, 1, self.calibrator)
             except Exception as exc:  # still failing: stay unready
                 _log.warning("backend probe failed (%s); /readyz stays 503", type(exc).__name__)
             else:
@@ -404,6 +404,8 @@ class GuardService:
         if mode == "shadow":
             return decisions
         if fail == "escalate":
+            if isinstance(exc, OutboxFullError):  # its message names the cap and the fix
+                raise OutboxFullError(f"{exc} (GUARDCAL_FAIL_ACTION=block answers block instead)") from None
             raise NotStoredError(
                 "the escalation could not be stored by the request deadline, so no verdict is given; retry "
                 "(GUARDCAL_FAIL_ACTION=block answers block instead)"

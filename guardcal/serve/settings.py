@@ -350,7 +350,26 @@ class ServeSettings(BaseSettings):
                 self.max_new_tokens = setup.max_new_tokens
         fits = self.model == DEFAULT_MODEL and self.adapter == setup.adapter and self.reasoning == setup.reasoning
         if not fits and "bundle" not in explicit:
-            self.bundle = None
+            mode = "reasoning" if self.reasoning else "direct"
+            raise ValueError(
+                f"the shipped calibration bundle was fitted for the default model, adapter {setup.adapter!r}, "
+                f"{'reasoning' if setup.reasoning else 'direct'} mode, but this server runs model {self.model!r}, "
+                f"adapter {self.adapter!r}, {mode} mode: its thresholds would not mean anything there. Fit a bundle "
+                "for this setting (guardcal calibrate --model ... --adapter ... --output bundle.json) and pass "
+                "--bundle bundle.json, or serve uncalibrated on purpose with --bundle none --escalate-below P"
+            )
+
+    @model_validator(mode="after")
+    def _calibrated_or_explicit(self) -> ServeSettings:
+        """Never auto-decide raw probabilities by default: without a bundle, escalate_below must be set."""
+        if self.bundle is None and self.escalate_below is None:
+            raise ValueError(
+                "no calibration bundle (bundle 'none'): raw decision-token probabilities are usually overconfident, "
+                "so the server will not auto-decide on them by default. Fit a bundle for this model with guardcal "
+                "calibrate and pass --bundle FILE, or serve uncalibrated on purpose with --bundle none "
+                "--escalate-below P (e.g. 0.99; 1.0 escalates every request)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _compile_only_transformers(self) -> ServeSettings:

@@ -78,5 +78,5 @@ def test_compile_without_a_cxx_compiler_names_the_fix(monkeypatch: pytest.Monkey
 
 def test_compile_is_refused_for_vllm() -> None:
     with pytest.raises(ValueError, match="transformers backend"):
-        ServeSettings(backend="vllm", compile=True, bundle="none")
-    assert ServeSettings(compile=True, bundle="none").compile
+        ServeSettings(backend="vllm", compile=True, bundle="none", escalate_below=0.9)
+    assert ServeSettings(compile=True, bundle="none", escalate_below=0.9).compile

@@ -85,7 +85,7 @@ def test_serving_accepts_adapter_default():
     from guardcal.backends.transformers_backend import TransformersBackend
     from guardcal.serve.settings import ServeSettings
 
-    assert ServeSettings(bundle=None, adapter="default").adapter == "default"
+    assert ServeSettings(bundle=None, escalate_below=0.9, adapter="default").adapter == "default"
 
     async def run() -> tuple[dict, float]:
         backend = TransformersBackend(adapter="default", dtype="float32")

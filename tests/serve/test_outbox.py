@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from guardcal.serve import create_app
 from guardcal.serve.errors import OutboxFullError
 from guardcal.serve.metrics import ServeMetrics
 from guardcal.serve.outbox import DeliveryWorker, Outbox
@@ -335,3 +336,43 @@ async def test_an_outbox_from_the_one_table_layout_is_converted_with_its_pending
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "outbox" not in tables and {"escalations", "deliveries"} <= tables
+
+
+class Refusing:
+    """A hook whose receiver never accepts: escalations pile up in the outbox."""
+
+    name = "refusing"
+
+    async def deliver(self, payload):
+        raise RuntimeError("receiver down")
+
+
+@pytest.mark.parametrize(("fail_action", "status", "action"), [("block", 200, "block"), ("escalate", 503, None)])
+async def test_a_full_outbox_answers_the_fail_action_never_an_undeliverable_escalate(
+    kit, make_settings, fail_action, status, action
+):
+    settings = make_settings(outbox_max_bytes=1 << 20, fail_action=fail_action, hook_retry_base_s=30.0,
+                             hook_retry_max_s=60.0)  # fmt: skip
+    app = create_app(settings, kit.backend(kit.table_handler(default=0.6)), hooks=[Refusing()])
+    texts = [f"{i:05d} " + "y" * 19_990 for i in range(160)]
+    async with kit.running(app) as client:
+        service = app.state.service
+        for start in range(0, 160, 16):  # escalations pile up until the outbox is at its cap
+            stored = await service.outbox.payload_count()
+            r = await client.post("/classify", json={"inputs": texts[start : start + 16]})
+            if r.status_code != 200 or r.json()["results"][0]["action"] != "escalate":
+                break
+        assert 16 <= stored < 160 and await service.outbox.used_bytes() <= 1 << 20
+        assert r.status_code == status, r.text  # the batch that did not fit
+        if action is not None:
+            assert {v["action"] for v in r.json()["results"]} == {action}
+        else:
+            assert "outbox is full" in r.json()["error"]["message"] and "GUARDCAL_OUTBOX_MAX_BYTES" in r.text
+        assert await service.outbox.payload_count() == stored  # nothing of the refused batch was written
+        metrics = service.metrics.registry
+        assert (
+            metrics.get_sample_value(
+                "guardcal_hook_deliveries_total", {"hook": "refusing", "outcome": "enqueue_failed"}
+            )
+            >= 1
+        )

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
+from guardcal.serve.errors import StartupError
 from guardcal.serve.policy import decide, decide_batch, fail_closed
-from guardcal.serve.service import DEFAULT_UNCALIBRATED_THRESHOLD, resolve_thresholds
+from guardcal.serve.service import resolve_thresholds
 
 
 @pytest.mark.parametrize(
@@ -52,10 +53,15 @@ def test_escalate_below_one_escalates_everything(make_settings, p):
 def test_threshold_resolution_order(make_settings, make_bundle):
     from guardcal.calibrate.bundle import CalibrationBundle
 
-    bundle = CalibrationBundle.load(make_bundle(threshold=0.8))
+    path = make_bundle(threshold=0.8)
+    bundle = CalibrationBundle.load(path)
     assert resolve_thresholds(make_settings(escalate_below=0.95), bundle).safe == 0.95
-    assert resolve_thresholds(make_settings(escalate_below=None), bundle).safe == 0.8
-    assert resolve_thresholds(make_settings(escalate_below=None), None).safe == DEFAULT_UNCALIBRATED_THRESHOLD
+    assert resolve_thresholds(make_settings(escalate_below=None, bundle=str(path)), bundle).safe == 0.8
+    # no bundle and no escalate_below: refused, never a silent fixed threshold on raw probabilities
+    with pytest.raises(StartupError, match="--escalate-below"):
+        resolve_thresholds(
+            make_settings(escalate_below=None, bundle=str(path)).model_copy(update={"bundle": None}), None
+        )
 
 
 def test_shadow_answers_allow_but_keeps_the_policy_action():

@@ -25,8 +25,8 @@ def sample(metrics: ServeMetrics, name: str, **labels: str) -> float:
 
 
 async def test_bundle_calibrates_before_the_policy(kit, make_settings, make_bundle):
-    bundle = CalibrationBundle.load(make_bundle(a=0.5, threshold=0.8))
-    service = build(make_settings(escalate_below=None), kit.backend(), bundle)
+    path = make_bundle(a=0.5, threshold=0.8)
+    service = build(make_settings(escalate_below=None, bundle=str(path)), kit.backend(), CalibrationBundle.load(path))
     await service.start()
     try:
         v = await service.classify(["I will hurt you", "borderline joke"], scope="internal")

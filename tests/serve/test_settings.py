@@ -13,7 +13,7 @@ KEY_B = "b" * 20
 
 
 def test_defaults_are_local_and_fail_closed(tmp_path):
-    s = ServeSettings(bundle=None)
+    s = ServeSettings(bundle=None, escalate_below=0.9)
     assert (s.host, s.port, s.model, s.backend, s.mode, s.fail_action) == (
         "127.0.0.1",
         8000,
@@ -31,7 +31,7 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
     monkeypatch.setenv("GUARDCAL_PORT", "9001")
     monkeypatch.setenv("GUARDCAL_MODE", "shadow")
     monkeypatch.setenv("GUARDCAL_API_KEYS", f"{KEY_A}:classify,{KEY_B}:internal")
-    s = ServeSettings(bundle=None)
+    s = ServeSettings(bundle=None, escalate_below=0.9)
     assert (s.port, s.mode) == (9001, "shadow")
     assert s.key_scopes() == {KEY_A: "classify", KEY_B: "internal"}
     assert KEY_A not in repr(s)
@@ -39,7 +39,7 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
 
 def test_yaml_config_with_flags_and_env_winning(tmp_path, monkeypatch):
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text("port: 7000\nmax_batch: 8\nmode: shadow\nbundle: none\n")
+    cfg.write_text("port: 7000\nmax_batch: 8\nmode: shadow\nbundle: none\nescalate_below: 0.9\n")
     monkeypatch.setenv("GUARDCAL_MAX_BATCH", "16")
     s = ServeSettings.load(cfg, mode="enforce", adapter=None)
     assert (s.port, s.max_batch, s.mode, s.bundle) == (7000, 16, "enforce", None)
@@ -56,10 +56,12 @@ def test_yaml_unknown_key_is_a_config_error(tmp_path):
 
 def test_public_host_without_keys_is_refused():
     with pytest.raises(ValidationError, match="reachable from other machines.*GUARDCAL_API_KEYS"):
-        ServeSettings(host="0.0.0.0", bundle=None)
-    assert ServeSettings(host="0.0.0.0", bundle=None, insecure=True).insecure
-    assert ServeSettings(host="0.0.0.0", bundle=None, api_keys=f"{KEY_A}:classify").host == "0.0.0.0"
-    assert ServeSettings(host="::1", bundle=None).host == "::1"
+        ServeSettings(host="0.0.0.0", bundle=None, escalate_below=0.9)
+    assert ServeSettings(host="0.0.0.0", bundle=None, escalate_below=0.9, insecure=True).insecure
+    assert (
+        ServeSettings(host="0.0.0.0", bundle=None, escalate_below=0.9, api_keys=f"{KEY_A}:classify").host == "0.0.0.0"
+    )
+    assert ServeSettings(host="::1", bundle=None, escalate_below=0.9).host == "::1"
 
 
 @pytest.mark.parametrize("value", [0.3, 0.49, 1.01, -1.0])
@@ -76,7 +78,7 @@ def test_escalate_below_accepts_the_range(value):
 @pytest.mark.parametrize("value", ["allow", "ALLOW"])
 def test_fail_action_allow_is_refused_with_the_reason(value):
     with pytest.raises(ValidationError, match="fail open"):
-        ServeSettings(fail_action=value, bundle=None)
+        ServeSettings(fail_action=value, bundle=None, escalate_below=0.9)
 
 
 @pytest.mark.parametrize(
@@ -90,39 +92,39 @@ def test_fail_action_allow_is_refused_with_the_reason(value):
 )
 def test_api_key_errors_never_echo_the_key(keys, match):
     with pytest.raises(ConfigError, match=match) as info:
-        ServeSettings.load(api_keys=keys, bundle="none")
+        ServeSettings.load(api_keys=keys, bundle="none", escalate_below=0.9)
     assert KEY_A not in str(info.value) and "short" not in str(info.value).replace("shorter", "")
     with pytest.raises(ValidationError) as raw:
-        ServeSettings(api_keys=keys, bundle=None)
+        ServeSettings(api_keys=keys, bundle=None, escalate_below=0.9)
     assert KEY_A not in str(raw.value)
 
 
 def test_api_keys_file(tmp_path):
     path = tmp_path / "keys.txt"
     path.write_text(f"# ops keys\n{KEY_A}:internal\n\n{KEY_B}:classify  # the app\n")
-    s = ServeSettings(api_keys_file=path, bundle=None, host="0.0.0.0")
+    s = ServeSettings(api_keys_file=path, bundle=None, escalate_below=0.9, host="0.0.0.0")
     assert s.key_scopes() == {KEY_A: "internal", KEY_B: "classify"}
     with pytest.raises(ConfigError, match="repeats a key"):
-        ServeSettings.load(api_keys_file=path, api_keys=f"{KEY_A}:internal", bundle="none")
+        ServeSettings.load(api_keys_file=path, api_keys=f"{KEY_A}:internal", bundle="none", escalate_below=0.9)
     with pytest.raises(ConfigError, match="cannot read"):
-        ServeSettings.load(api_keys_file=tmp_path / "nope.txt", bundle="none")
+        ServeSettings.load(api_keys_file=tmp_path / "nope.txt", bundle="none", escalate_below=0.9)
 
 
 def test_bundle_must_exist(tmp_path):
     with pytest.raises(ValidationError, match="does not exist"):
         ServeSettings(bundle=str(tmp_path / "missing.json"))
-    assert ServeSettings(bundle="none").bundle_path() is None
+    assert ServeSettings(bundle="none", escalate_below=0.9).bundle_path() is None
 
 
 def test_other_validators():
     with pytest.raises(ValidationError, match="http:// or https://"):
-        ServeSettings(webhook_url="ftp://x", bundle=None)
+        ServeSettings(webhook_url="ftp://x", bundle=None, escalate_below=0.9)
     with pytest.raises(ValidationError, match="hook_retry_max_s"):
-        ServeSettings(hook_retry_base_s=10, hook_retry_max_s=1, bundle=None)
+        ServeSettings(hook_retry_base_s=10, hook_retry_max_s=1, bundle=None, escalate_below=0.9)
     with pytest.raises(ValidationError):
-        ServeSettings(backend="onnx", bundle=None)
+        ServeSettings(backend="onnx", bundle=None, escalate_below=0.9)
     with pytest.raises(ValidationError):
-        ServeSettings(max_batch=0, bundle=None)
+        ServeSettings(max_batch=0, bundle=None, escalate_below=0.9)
 
 
 def test_parse_api_keys_and_loopback():

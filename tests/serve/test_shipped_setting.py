@@ -42,13 +42,14 @@ def test_default_model_takes_the_bundles_setting(shipped_files):
     assert (s.bundle, s.adapter, s.reasoning, s.max_new_tokens) == ("default", "default", True, 16)
     assert s.dtype == "float32"  # scored the way the bundle was fitted
     assert ServeSettings(dtype="bfloat16").dtype == "bfloat16"
-    assert ServeSettings(bundle="none").dtype == "auto"
+    assert ServeSettings(bundle="none", escalate_below=0.9).dtype == "auto"
 
 
-def test_a_different_setting_drops_the_implicit_bundle(shipped_files):
-    assert ServeSettings(reasoning=False).bundle is None
-    assert ServeSettings(model="/models/qwen3").bundle is None
-    assert ServeSettings(adapter=None).bundle is None
+@pytest.mark.parametrize("setting", [{"reasoning": False}, {"model": "/models/qwen3"}, {"adapter": None}])
+def test_a_different_setting_refuses_the_implicit_bundle(shipped_files, setting):
+    with pytest.raises(ValueError, match="--bundle none --escalate-below P"):  # pydantic's ValidationError
+        ServeSettings(**setting)
+    assert ServeSettings(bundle="none", escalate_below=0.95, **setting).bundle is None
 
 
 def test_a_named_bundle_is_kept_for_the_start_up_check(shipped_files):

@@ -1,0 +1,171 @@
+"""The risk-control guarantee as `guardcal calibrate` fits it: thresholds on rows the calibrator never saw.
+
+A seeded simulation with a known truth: raw scores ``s`` and ``P(unsafe | s) = g(s)`` (overconfident, with a
+label-noise floor). Each trial draws a 300-row calibration set, writes it as a ``guardcal evaluate`` folder
+and runs ``guardcal calibrate --predictions`` end to end; the bundle's calibrator and thresholds are then
+applied to a large population from the same distribution, whose true error among auto-decided inputs (per
+predicted label, from ``g``, not from sampled labels) is compared with α. Learn-Then-Test promises
+P(error > α for some label) ≤ δ; the empirical violation rate over the trials must stay at or below δ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit, logit
+
+from guardcal.calibrate.bundle import CalibrationBundle
+from guardcal.cli import main
+from guardcal.posthoc import split_fit_rows
+
+ALPHA, DELTA, N_CAL = 0.1, 0.1, 300
+IDENTITY = {
+    "model_id": "sim",
+    "adapter_hash": None,
+    "mode": "direct",
+    "prompt_fingerprint": "sha256:sim",
+    "label_spec": {"labels": ["safe", "unsafe"], "surfaces": ["Safe", "Unsafe"], "token_ids": [[1], [2]]},
+    "dtype": "float32",
+    "max_new_tokens": None,
+}
+
+
+def truth(s: np.ndarray) -> np.ndarray:
+    """P(unsafe | raw score): the raw score is overconfident, and 2% of labels are flipped."""
+    return 0.02 + 0.96 * expit(0.8 * logit(s))
+
+
+def draw(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    s = rng.beta(0.25, 0.25, n).clip(1e-6, 1 - 1e-6)
+    return s, (rng.random(n) < truth(s)).astype(int)
+
+
+def write_predictions(folder: Path, s: np.ndarray, y: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps(IDENTITY))
+    rows = []
+    for key, idx in (("sim:calib", range(len(s))), ("sim:eval", range(20))):
+        for i in idx:
+            p = float(s[i])
+            rows.append(
+                {
+                    "dataset": key,
+                    "id": f"{key}-{i}",
+                    "label": "unsafe" if y[i] else "safe",
+                    "pred": "unsafe" if p >= 0.5 else "safe",
+                    "p_unsafe": p,
+                    "confidence": max(p, 1 - p),
+                    "label_mass": 1.0,
+                }
+            )
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def true_errors(bundle: CalibrationBundle, s: np.ndarray) -> list[float]:
+    """True error among auto-decided population inputs, per predicted label that auto-decides anything."""
+    p = bundle.calibrator().predict(s)
+    auto, unsafe, g = bundle.get_thresholds().auto_mask(p), p >= 0.5, truth(s)
+    errors = []
+    for label_unsafe in (False, True):
+        m = auto & (unsafe == label_unsafe)
+        if m.any():
+            errors.append(float(np.mean(1 - g[m] if label_unsafe else g[m])))
+    return errors
+
+
+def calibrate(tmp: Path, trial: int, method: str) -> CalibrationBundle:
+    s, y = draw(N_CAL, np.random.default_rng(trial))
+    folder = tmp / f"{method}-{trial}"
+    write_predictions(folder, s, y)
+    out = folder / "bundle.json"
+    args = ["calibrate", "--predictions", str(folder), "--output", str(out), "--method", method]
+    args += ["--fit-dataset", "sim:calib", "--eval-dataset", "sim:eval", "--no-progress"]
+    args += ["--target-error", str(ALPHA), "--delta", str(DELTA), "--split-seed", str(trial)]
+    assert main(args) == 0
+    return CalibrationBundle.load(out)
+
+
+@pytest.mark.parametrize(("method", "trials"), [("isotonic", 200), ("platt", 200)])
+def test_violation_rate_at_most_delta(tmp_path: Path, method: str, trials: int) -> None:
+    population, _ = draw(50_000, np.random.default_rng(10_000))
+    violations, coverage = 0, []
+    for trial in range(trials):
+        bundle = calibrate(tmp_path, trial, method)
+        violations += any(e > ALPHA for e in true_errors(bundle, population))
+        coverage.append(bundle.get_thresholds().auto_mask(bundle.calibrator().predict(population)).mean())
+    print(f"{method}: {violations}/{trials} violations, mean coverage {np.mean(coverage):.3f}")
+    assert violations / trials <= DELTA, f"{method}: {violations}/{trials} trials broke the guarantee"
+    assert np.mean(coverage) > 0.1, "the simulation must auto-decide something, or it tests nothing"
+
+
+def test_bundle_records_disjoint_split(tmp_path: Path) -> None:
+    bundle = calibrate(tmp_path, 0, "isotonic")
+    split = bundle.extra["split"]
+    cal_ids, th_ids = set(split["calibrator_ids"]), set(split["threshold_ids"])
+    assert cal_ids and th_ids and not cal_ids & th_ids, "the thresholds must come from rows the calibrator never saw"
+    assert len(cal_ids | th_ids) == N_CAL == bundle.extra["fit_n"]
+    assert bundle.extra["calibrator_n"] == len(cal_ids) and bundle.extra["threshold_n"] == len(th_ids)
+    assert bundle.get_thresholds().details["n"] == len(th_ids), "LTT ran on the held-out rows only"
+
+
+def test_split_is_stratified_and_seeded() -> None:
+    rows = [{"id": str(i), "label": "unsafe" if i % 3 == 0 else "safe"} for i in range(90)]
+    fit, held = split_fit_rows(rows, 0.5, seed=1)
+    assert sum(r["label"] == "unsafe" for r in held) == 15 and len(held) == 45
+    assert [r["id"] for r in split_fit_rows(rows, 0.5, seed=1)[1]] == [r["id"] for r in held]
+    assert [r["id"] for r in split_fit_rows(rows, 0.5, seed=2)[1]] != [r["id"] for r in held]
+
+
+def test_threshold_share_must_leave_rows_on_both_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_predictions(tmp_path, *draw(N_CAL, np.random.default_rng(0)))
+    args = ["calibrate", "--predictions", str(tmp_path), "--output", str(tmp_path / "b.json")]
+    args += ["--fit-dataset", "sim:calib", "--eval-dataset", "sim:eval", "--threshold-share", "0"]
+    assert main(args) != 0
+    assert "--threshold-share must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_start_errors_lets_one_early_error_be_absorbed() -> None:
+    from guardcal.calibrate.thresholds import risk_controlled_thresholds
+
+    # 200 predicted-safe rows, confidences falling from 0.999; the single error sits among the top 20
+    p = np.linspace(0.001, 0.2, 200)
+    y = np.zeros(200, dtype=int)
+    y[5] = 1
+    at_0 = risk_controlled_thresholds(p, y, 0.05, 0.1, per_label=False)
+    at_2 = risk_controlled_thresholds(p, y, 0.05, 0.1, per_label=False, start_errors=2)
+    assert at_0.escalate_all == ("safe", "unsafe"), "with s = 0 the walk starts at ~45 rows and 1 error stops it"
+    assert not at_2.escalate_all and at_2.details["calibration"]["coverage"] > 0.5
+    assert at_2.details["start_errors"] == {"safe": 2, "unsafe": 2}
+    with pytest.raises(Exception, match="start_errors"):
+        risk_controlled_thresholds(p, y, 0.05, 0.1, start_errors=-1)
+
+
+def test_start_errors_per_label_is_validated_and_recorded() -> None:
+    from guardcal.calibrate.thresholds import risk_controlled_thresholds
+    from guardcal.errors import CalibrationError
+
+    p, y = np.linspace(0.001, 0.999, 100), (np.linspace(0, 1, 100) > 0.5).astype(int)
+    t = risk_controlled_thresholds(p, y, 0.1, 0.1, start_errors={"safe": 0, "unsafe": 3})
+    assert t.details["groups"]["safe"]["start_errors"] == 0 and t.details["groups"]["unsafe"]["start_errors"] == 3
+    with pytest.raises(CalibrationError, match="needs 'safe' and 'unsafe'"):
+        risk_controlled_thresholds(p, y, 0.1, 0.1, start_errors={"safe": 1})
+    with pytest.raises(CalibrationError, match="whole number"):
+        risk_controlled_thresholds(p, y, 0.1, 0.1, start_errors={"safe": 1, "unsafe": 1.5})  # type: ignore[dict-item]
+
+
+def test_choose_start_errors_maximises_coverage_on_its_own_rows() -> None:
+    from guardcal.calibrate.thresholds import choose_start_errors, risk_controlled_thresholds
+
+    # predicted-safe rows with one error among the most confident: s = 0 certifies nothing there, a
+    # larger start absorbs it; predicted-unsafe rows are clean, so the smallest start (0) wins the tie
+    p = np.concatenate([np.linspace(0.001, 0.2, 200), np.linspace(0.8, 0.999, 200)])
+    y = np.concatenate([np.zeros(200, dtype=int), np.ones(200, dtype=int)])
+    y[5] = 1
+    chosen = choose_start_errors(p, y, target_error=0.05, delta=0.1)
+    assert chosen["unsafe"] == 0 and chosen["safe"] > 0
+    at_0 = risk_controlled_thresholds(p, y, 0.05, 0.1).details["groups"]["safe"]["n_auto"]
+    at_chosen = risk_controlled_thresholds(p, y, 0.05, 0.1, start_errors=chosen).details["groups"]["safe"]["n_auto"]
+    assert at_chosen > at_0
