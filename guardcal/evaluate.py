@@ -180,6 +180,9 @@ def open_session(cfg: EvalConfig) -> ScoringSession:
         batch_size=cfg.batch_size,
         max_input_tokens=cfg.max_input_tokens,
         max_new_tokens=cfg.max_new_tokens,
+        # the weights are fixed here (unlike training's evaluation), so score as the server does: the
+        # instruction prefix's KV cache reused, direct reads packed, both self-checked at the first call
+        prefix_cache=True,
     )
     return ScoringSession(scorer, model_identity(cfg.model), adapter_fingerprint(cfg.adapter))
 

@@ -56,6 +56,16 @@ class JsonlLogCallback(TrainerCallback):
             self.log.write({"step": state.global_step, "time": round(time.time(), 1), **logs})
 
 
+def class_recall(y_unsafe: Any, pred_unsafe: Any) -> dict[str, float | None]:
+    """Recall of each label (None when the slice has no row of it): a policy collapsing to the
+    majority label shows as recall 1 on one side and 0 on the other."""
+    y, pred = np.asarray(y_unsafe, dtype=bool), np.asarray(pred_unsafe, dtype=bool)
+    return {
+        "eval/recall_safe": float((~pred[~y]).mean()) if (~y).any() else None,
+        "eval/recall_unsafe": float(pred[y].mean()) if y.any() else None,
+    }
+
+
 class CalibrationEvalCallback(TrainerCallback):
     """Every ``eval_steps`` steps (and at the end): accuracy, ECE, Brier on a validation slice."""
 
@@ -76,7 +86,7 @@ class CalibrationEvalCallback(TrainerCallback):
             model.train(was_training)
         y = np.array([e.label == UNSAFE for e in self.examples], dtype=np.int64)
         m = compute_metrics(y, scores.pred_unsafe, scores.p_unsafe_norm, scores.confidence)
-        record = {"step": step, **{f"eval/{k}": v for k, v in m.items()}}
+        record = {"step": step, **{f"eval/{k}": v for k, v in m.items()}, **class_recall(y, scores.pred_unsafe)}
         self.log.write(record)
         self.last_step = step
         return record

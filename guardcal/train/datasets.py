@@ -52,6 +52,17 @@ def sft_rows(
     return rows
 
 
+def sft_class_weights(examples: list[Example], tokenizer: Any, spec: LabelSpec) -> dict[int, float]:
+    """Decision-token id → loss weight, the inverse of its label's share (mean weight over the rows = 1)."""
+    n = len(examples)
+    counts = {label: sum(e.label == label for e in examples) for label in LABELS}
+    return {
+        decision_token_id(tokenizer, spec, label): n / (len(LABELS) * count)
+        for label, count in counts.items()
+        if count
+    }
+
+
 def grpo_rows(
     examples: list[Example], tokenizer: Any, template: PromptTemplate, max_tokens: int
 ) -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ from guardcal.core.decision import DecisionParser
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import PromptTemplate
 from guardcal.data.datasets import load_dataset, write_split_manifest
+from guardcal.errors import ConfigError
 from guardcal.train.config import TrainConfig
-from guardcal.train.datasets import check_trainable, grpo_rows, sft_rows
+from guardcal.train.datasets import check_trainable, grpo_rows, sft_class_weights, sft_rows
 
 
 def _common_args(cfg: TrainConfig) -> dict[str, Any]:
@@ -29,7 +30,10 @@ def _common_args(cfg: TrainConfig) -> dict[str, Any]:
         "max_steps": cfg.max_steps,
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
-        "save_total_limit": 2,
+        "save_total_limit": cfg.keep_checkpoints,
+        "warmup_steps": cfg.warmup_ratio,  # a float in [0, 1) is a share of the steps (transformers 5)
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "train_sampling_strategy": "group_by_length" if cfg.length_grouped else "random",
         "logging_steps": 1,
         "seed": cfg.seed,
         "bf16": cfg.bf16,
@@ -45,6 +49,16 @@ def latest_checkpoint(output: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+def lora_layers(model: Any, first: int) -> list[int] | None:
+    """Decoder layer indices LoRA adapts: ``first`` up to the last (None = all layers)."""
+    if first == 0:
+        return None
+    n = int(model.config.num_hidden_layers)
+    if first >= n:
+        raise ConfigError(f"lora_first_layer {first} leaves no layer to adapt: the model has {n} (0..{n - 1})")
+    return list(range(first, n))
+
+
 def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[Any]) -> Any:
     """The TRL trainer for ``cfg.method``; a base ``model`` gets a fresh LoRA, a PeftModel trains its adapter."""
     from datasets import Dataset
@@ -58,6 +72,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.lora_targets),
+            layers_to_transform=lora_layers(model, cfg.lora_first_layer),
             task_type="CAUSAL_LM",
         )
     )
@@ -73,6 +88,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
         rows = sft_rows(examples, tokenizer, spec, template, cfg.max_input_tokens)
         args = SFTConfig(**_common_args(cfg), completion_only_loss=True, max_length=None, packing=False)
         return DecisionSFTTrainer(
+            class_weights=sft_class_weights(examples, tokenizer, spec) if cfg.class_balance == "weight" else None,
             model=model,
             args=args,
             train_dataset=Dataset.from_list(rows),

@@ -17,6 +17,12 @@ from trl import SFTTrainer
 
 
 class DecisionSFTTrainer(SFTTrainer):
+    """``class_weights`` (decision-token id → weight) weighs each row's CE by its gold label."""
+
+    def __init__(self, *args: Any, class_weights: dict[int, float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
@@ -31,7 +37,12 @@ class DecisionSFTTrainer(SFTTrainer):
         with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
             hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
             logits = base.get_output_embeddings()(hidden[rows, pos - 1]).float()
-        loss = torch.nn.functional.cross_entropy(logits, ids[rows, pos], reduction="sum")
+        gold = ids[rows, pos]
+        per_row = torch.nn.functional.cross_entropy(logits, gold, reduction="none")
+        if self.class_weights is not None:
+            weights = torch.tensor([self.class_weights[int(t)] for t in gold], dtype=per_row.dtype, device=gold.device)
+            per_row = per_row * weights
+        loss = per_row.sum()
         if num_items_in_batch is not None:
             loss = loss / num_items_in_batch
         else:
