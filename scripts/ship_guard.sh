@@ -24,7 +24,9 @@ cp "$RUN/adapter_config.json" "$RUN/adapter_model.safetensors" "$ASSET/"
 cp "$RUN/train_config.json" "$ASSET/"
 
 OUT=results/guard
-mkdir -p "$OUT"
+mkdir -p "$OUT/training"
+# the run's provenance beside its results: resolved config, log (per-class recall at every evaluation)
+cp "$RUN/train_config.json" "$RUN/log.jsonl" "$OUT/training/"
 "$BIN/guardcal" evaluate --adapter default --max-input-tokens "$WINDOW" --no-progress \
     --dataset openai-moderation:calib --dataset openai-moderation:test --dataset xstest --output "$OUT/eval"
 "$BIN/python" benchmarks/guard_scorecard.py --predictions "$OUT/eval" --name guard --output "$OUT" \
