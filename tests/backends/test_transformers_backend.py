@@ -17,8 +17,8 @@ def test_concurrent_requests_are_micro_batched_and_match_the_scorer(default_mode
         b = TransformersBackend(max_batch=8, max_wait_ms=50, dtype="float32")
         await b.start()
         calls = []
-        original = b.scorer.score
-        b.scorer.score = lambda texts, *a, **k: calls.append(len(texts)) or original(texts, *a, **k)
+        original = b.scorer.score_split  # one call per micro-batch: every window of its requests
+        b.scorer.score_split = lambda parts, *a, **k: calls.append(len(parts)) or original(parts, *a, **k)
         try:
             results = await asyncio.gather(*(b.score([t]) for t in TEXTS))
         finally:
