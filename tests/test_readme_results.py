@@ -42,3 +42,20 @@ def test_readme_serving_rows_match_results(name: str) -> None:
         assert any(row.startswith(f"| {backend}") and expected in row for row in rows), (
             f"README has no {backend} row with {expected!r} ({name}.json)"
         )
+
+
+def test_readme_first_screen_quotes_the_shipped_bundle() -> None:
+    """The first screen's "what the default guard decides" numbers are the shipped bundle's."""
+    bundle = json.loads((ROOT / "guardcal" / "assets" / "default_bundle.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    first_screen = " ".join(readme[: readme.index("## Status")].split())
+    after = bundle["metrics"]["after"]
+    for key in ("openai-moderation:test", "xstest"):
+        accuracy = f"{100 * after[key]['accuracy']:.1f}%"
+        assert accuracy in first_screen, f"README's first screen should quote {key} accuracy {accuracy}"
+    coverage = {round(100 * e["coverage"], 1) for e in bundle["extra"]["escalation"].values()}
+    if coverage == {0.0}:
+        assert "every request escalates" in first_screen
+    else:
+        for value in coverage:
+            assert f"{value:.1f}%" in first_screen, f"README's first screen should quote {value:.1f}% auto-decided"
