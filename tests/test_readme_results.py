@@ -59,3 +59,17 @@ def test_readme_first_screen_quotes_the_shipped_bundle() -> None:
     else:
         for value in coverage:
             assert f"{value:.1f}%" in first_screen, f"README's first screen should quote {value:.1f}% auto-decided"
+
+
+def test_readme_long_input_figures_are_the_committed_run() -> None:
+    """README's long-input paragraph quotes serve_bench-avx2-long.json (the issue 20 measurement)."""
+    result = json.loads((ROOT / "benchmarks" / "results" / "serve_bench-avx2-long.json").read_text())
+    long = result["backends"]["transformers"]["long"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for quoted in (
+        f"{long['tokens_per_s_vs_c4']:.2f}× the prompt tokens per second",
+        f"p50 {long['p50_ms'] / 1000:.1f} s",
+        f"at {long['rps']:.2f} req/s",
+    ):
+        assert quoted in readme, f"README should quote {quoted!r} from serve_bench-avx2-long.json"
+    assert long["errors"] == 0 and long["n"] >= 16
