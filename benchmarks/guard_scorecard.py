@@ -24,7 +24,7 @@ import numpy as np
 from guardcal.calibrate.thresholds import coverage_and_error, fixed_thresholds
 from guardcal.data.datasets import load_dataset
 from guardcal.evaluate import metrics_from_rows
-from guardcal.posthoc import CalibrateConfig, run_calibration
+from guardcal.posthoc import CalibrateConfig, rows_from_predictions, run_calibration
 from guardcal.types import UNSAFE
 
 FIT = "openai-moderation:calib"
@@ -87,13 +87,11 @@ def card(predictions: Path, bundle_out: Path, args: argparse.Namespace) -> dict[
         progress=False,
     )
     bundle = run_calibration(cfg)
-    rows = {
-        key: [json.loads(x) for x in (predictions / "predictions.jsonl").read_text().splitlines()] for key in EVAL_SETS
-    }
+    rows, _ = rows_from_predictions(predictions, list(EVAL_SETS))
     out: dict[str, Any] = {"thresholds": {k: bundle.thresholds[k] for k in ("safe", "unsafe", "escalate_all")}}
     calibrator = bundle.calibrator()
     for key in EVAL_SETS:
-        kept = [r for r in rows[key] if r["dataset"] == key]
+        kept = rows[key]
         raw = metrics_from_rows(kept)
         p = calibrator.predict(np.array([r["p_unsafe"] for r in kept]))
         y = np.array([r["label"] == UNSAFE for r in kept], dtype=np.int64)

@@ -228,6 +228,19 @@ class TrainConfig:
         return asdict(self)
 
 
+#: cpu-small's GRPO-family values; the guard profile starts from them
+_CPU_SMALL_GRPO: dict[str, Any] = {
+    "learning_rate": 5e-4,
+    "per_device_batch": 16,
+    "grad_accum": 2,
+    "epochs": 1,
+    "num_generations": 4,
+    "reasoning_budget": 16,
+    "temperature": 1.0,
+    "max_input_tokens": 128,
+    "gradient_checkpointing": False,
+}
+
 PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     # The paper's hyper-parameters (arXiv 2601.13284), for GPUs.
     "paper": {
@@ -258,17 +271,7 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             "max_input_tokens": 128,
             "gradient_checkpointing": False,
         },
-        "grpo": {
-            "learning_rate": 5e-4,
-            "per_device_batch": 16,
-            "grad_accum": 2,
-            "epochs": 1,
-            "num_generations": 4,
-            "reasoning_budget": 16,
-            "temperature": 1.0,
-            "max_input_tokens": 128,
-            "gradient_checkpointing": False,
-        },
+        "grpo": _CPU_SMALL_GRPO,
     },
     # The recipe for a guard that classifies (issue #21), on CPU: the cpu-small SFT learned little
     # more than the 70/30 prior in its 32 steps at 2e-4 (loss 0.59 against the prior's 0.63), and
@@ -296,15 +299,8 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             "keep_checkpoints": 4,
         },
         "grpo": {
-            "learning_rate": 5e-4,
-            "per_device_batch": 16,
-            "grad_accum": 2,
-            "epochs": 1,
-            "num_generations": 4,
-            "reasoning_budget": 16,
-            "temperature": 1.0,
+            **_CPU_SMALL_GRPO,
             "max_input_tokens": 256,
-            "gradient_checkpointing": False,
             "warmup_ratio": 0.05,
             "length_grouped": True,
             "eval_limit": 300,
