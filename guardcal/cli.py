@@ -69,6 +69,9 @@ class EvaluateCommand(Command):
         )
         parser.add_argument("--output", required=True, type=Path, help="output folder")
         parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+        parser.add_argument(
+            "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: the GPU when PyTorch sees one"
+        )
         parser.add_argument("--batch-size", type=int, default=8)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -84,6 +87,7 @@ class EvaluateCommand(Command):
             limit=args.limit,
             data_dir=args.data_dir,
             dtype=args.dtype,
+            device=args.device,
             batch_size=args.batch_size,
             max_input_tokens=args.max_input_tokens,
             max_new_tokens=max_new_tokens,

@@ -34,6 +34,8 @@ from guardcal.data.datasets import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.types import UNSAFE, Example
 
+DEVICES = ("auto", "cpu", "cuda")
+
 if TYPE_CHECKING:
     from guardcal.backends.hf import HFScorer
 
@@ -52,6 +54,7 @@ class EvalConfig:
     limit: int | None = None
     data_dir: str | None = None
     dtype: str = "float32"
+    device: str = "auto"
     batch_size: int = 8
     max_input_tokens: int = 1024
     max_new_tokens: int = 256
@@ -61,6 +64,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ConfigError("no dataset given; pass --dataset xstest (repeatable)")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; use one of {DEVICES}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if len(set(self.datasets)) != len(self.datasets):
@@ -166,12 +171,23 @@ class ScoringSession:
         bundle.check_compatible(**self.identity())
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` where PyTorch sees a GPU, else ``cpu``; ``cpu`` and ``cuda`` unchanged."""
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; use one of {DEVICES}")
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def open_session(cfg: EvalConfig) -> ScoringSession:
     """Load the model (+ adapter) named by ``cfg`` and wrap it in a scorer."""
     from guardcal.backends.hf import HFScorer
     from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
 
-    loaded = load_model(cfg.model, cfg.adapter, dtype=cfg.dtype)
+    loaded = load_model(cfg.model, cfg.adapter, dtype=cfg.dtype, device=resolve_device(cfg.device))
     template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
     scorer = HFScorer(
         loaded.model,

@@ -65,6 +65,21 @@ def test_config_errors():
         EvalConfig(datasets=[], output=None)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--limit"):
         EvalConfig(datasets=["xstest"], output=None, limit=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        EvalConfig(datasets=["xstest"], output=None, device="tpu")  # type: ignore[arg-type]
+
+
+def test_auto_device_is_the_gpu_only_where_torch_sees_one(monkeypatch):
+    import torch
+
+    from guardcal.evaluate import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cuda") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
 
 
 def test_cli_reports_bad_dataset_clearly(tmp_path, data_dir, capsys):
