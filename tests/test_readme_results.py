@@ -73,3 +73,19 @@ def test_readme_long_input_figures_are_the_committed_run() -> None:
     ):
         assert quoted in readme, f"README should quote {quoted!r} from serve_bench-avx2-long.json"
     assert long["errors"] == 0 and long["n"] >= 16
+
+
+def test_readme_short_input_comparison_is_the_committed_runs() -> None:
+    """README's issue 20 paragraph quotes the interleaved old/windowed comparison and the back-to-back runs."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    lock = json.loads((ROOT / "benchmarks" / "results" / "serve_lockstep-avx2.json").read_text())["server"]["levels"]
+    quoted = ", ".join(f"{lock[c]['new_over_old']:.2f} ({c})" for c in ("c1", "c4", "c16"))
+    assert quoted in readme, f"README should quote {quoted!r} from serve_lockstep-avx2.json"
+    runs = {
+        name: json.loads((ROOT / "benchmarks" / "results" / f"serve_bench-avx2-{name}.json").read_text())
+        for name in ("prewindow-short", "short")
+    }
+    for c in ("c1", "c4", "c16"):
+        old, new = (runs[n]["backends"]["transformers"][c]["rps"] for n in ("prewindow-short", "short"))
+        assert f"{c} {old:.2f} / {new:.2f}" in readme, f"README should quote {c} {old:.2f} / {new:.2f}"
+    assert runs["short"]["short_inputs_over_one_window_skipped"] >= 1

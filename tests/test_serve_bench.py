@@ -72,3 +72,14 @@ def test_ceiling_takes_the_faster_matmul_measurement():
     sb.set_ceiling(result, start, end)  # a busy neighbour slowed the first measurement
     assert result["matmul_gflops"] == {"float32": 100.0, "bfloat16": 0.3}
     assert (result["ceiling_rps_full_prompt"], result["ceiling_rps_uncached"]) == (5.0, 10.0)
+
+
+def test_short_levels_draw_only_inputs_that_fit_one_window():
+    """An over-budget input costs two or more whole windows (it was cut to one before windowing), so
+    the short levels skip such inputs: the long level measures them. Order is kept otherwise."""
+    every = sb.load_inputs(300)
+    skipped: list[str] = []
+    short = sb.load_inputs(40, fits=lambda t: len(t) <= 120, skipped=skipped)
+    assert len(short) == 40 and all(len(t) <= 120 for t in short)
+    assert skipped and all(len(t) > 120 for t in skipped)
+    assert short == [t for t in every if len(t) <= 120][:40]  # the same draw, over-long ones left out
