@@ -151,7 +151,9 @@ def main() -> None:
     parser.add_argument("--target-error-unsafe", type=float)
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--threshold-share", type=float, default=0.5)
-    parser.add_argument("--start-errors", type=int, default=2)
+    parser.add_argument(
+        "--start-errors", type=int, default=None, help="as guardcal calibrate's (default: chosen on calibrator rows)"
+    )
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     results = {

@@ -1,16 +1,24 @@
-"""A decision readout fitted as a linear probe, written as a rank-1 LoRA on the LM head.
+"""A decision readout fitted as a linear probe, written as a small LoRA on the LM head.
 
     python scripts/probe_readout.py --out runs/probe-readout [--window 1024] [--C 0]
+        [--layers-rank 16 --first-layer 15]   # + zero-initialised LoRA on those layers, for SFT to go on
 
 The probe on the default model's own final hidden states (the issue-21 measurement) classifies
 OpenAI Moderation about as well as TF-IDF, while LoRA SFT on the decision token did not get there
 in the steps a CPU affords. This fits that probe exactly where the decision is read: logistic
 regression on the final (normed) hidden state at the decision position of the training rows, then
-an adapter whose LoRA on ``lm_head`` adds ``(w - d) . h + b`` to the "Unsafe" decision tokens'
-logits and subtracts it from the "Safe" ones (d = the base model's own Unsafe - Safe readout,
-b = the probe's intercept carried by a near-constant direction of h). The two-label logit is then
-the probe's logit; no other token's logit changes. The result is an ordinary PEFT adapter folder:
+an adapter whose LoRA on ``lm_head`` adds half of ``(w - d) . h + b`` to the "Unsafe" decision
+tokens' logits and subtracts half from the "Safe" ones (d = the base model's own Unsafe - Safe
+readout, b = the probe's intercept carried by a near-constant direction u of h, u . h ~ 1). The
+two-label logit is then the probe's logit. A second rank adds the same constant to every decision
+token, so that they hold >= 99% of the probability on the training rows (the base model leaves about
+half on other tokens there); no other token's logit changes. The result is an ordinary PEFT adapter folder:
 `guardcal evaluate | calibrate | serve --adapter OUT` read it like any other.
+
+With ``--layers-rank R`` the adapter also carries rank-R LoRA on every linear module of the decoder
+layers from ``--first-layer`` up, initialised to zero (PEFT's B = 0), so it still computes exactly the
+probe; `guardcal train --method sft --adapter OUT` then trains those layers (and the readout) from a
+start that already classifies, instead of from the base model's readout.
 
 Chooses the regularisation on the training rows by cross-validation; prints the probe's
 calibration-split AUROC from the features (a check that the adapter reproduces it comes from
@@ -56,6 +64,10 @@ def main() -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--C", type=float, default=0.0, help="inverse regularisation; 0 = chosen by 5-fold CV on train")
+    ap.add_argument("--features", type=Path, help="features.npz of an earlier run: skip the forward passes")
+    ap.add_argument("--layers-rank", type=int, default=0, help="add zero-init LoRA of this rank (0 = none)")
+    ap.add_argument("--first-layer", type=int, default=15, help="the first decoder layer --layers-rank adapts")
+    ap.add_argument("--layers-alpha", type=int, default=32, help="LoRA alpha of the layer modules")
     args = ap.parse_args()
     t0 = time.time()
     loaded = load_model("default", None, dtype="float32")
@@ -64,10 +76,19 @@ def main() -> int:
     spec = LabelSpec.from_tokenizer(tok)
     train = load_dataset("openai-moderation:train")
     calib = load_dataset("openai-moderation:calib")
-    xtr = features(model, tok, template, [e.text for e in train], args.window)
     ytr = np.array([e.label == UNSAFE for e in train], dtype=int)
-    xca = features(model, tok, template, [e.text for e in calib], args.window)
     yca = np.array([e.label == UNSAFE for e in calib], dtype=int)
+    ids = [e.id for e in train] + [e.id for e in calib]
+    if args.features is not None:  # the hidden states of an earlier run (same model, prompt and window)
+        cached = np.load(args.features)
+        if [str(i) for i in cached["ids"]] != ids or int(cached["window"]) != args.window:
+            raise SystemExit(f"{args.features}: other rows or window than this run; drop --features")
+        xtr, xca = cached["train"], cached["calib"]
+    else:
+        xtr = features(model, tok, template, [e.text for e in train], args.window)
+        xca = features(model, tok, template, [e.text for e in calib], args.window)
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out / "features.npz", train=xtr, calib=xca, ids=np.array(ids), window=args.window)
 
     grid = [args.C] if args.C else [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
     cv = {c: float(np.mean(cross_val_score(_lr(c), xtr, ytr, cv=5, scoring="roc_auc"))) for c in grid}
@@ -91,6 +112,7 @@ def main() -> int:
         return logsumexp(z[:, list(spec.ids_for(UNSAFE))], axis=1) - logsumexp(z[:, list(spec.ids_for(SAFE))], axis=1)
 
     realised = two_label_logit(xca) + xca @ a
+    boost = label_mass_boost(xtr, head, a, spec)
     result = {
         "C": best_c,
         "cv_auroc_train": cv,
@@ -98,10 +120,15 @@ def main() -> int:
         "calib_auroc_realised": float(roc_auc_score(yca, realised)),
         "calib_accuracy_realised": float(np.mean((realised > 0) == yca)),
         "u_dot_h_train": [float(np.mean(xtr @ u)), float(np.std(xtr @ u))],
+        "label_mass_boost": boost,
         "window": args.window,
+        "layers_lora": {"rank": args.layers_rank, "alpha": args.layers_alpha, "first_layer": args.first_layer}
+        if args.layers_rank
+        else None,
         "seconds": round(time.time() - t0, 1),
     }
-    write_adapter(model, args.out, a, spec, unsafe=UNSAFE, safe=SAFE)
+    layers = (args.layers_rank, args.layers_alpha, args.first_layer) if args.layers_rank else None
+    write_adapter(model, args.out, a, (u, boost), spec, unsafe=UNSAFE, safe=SAFE, layers=layers)
     (args.out / "probe_readout.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
@@ -113,19 +140,62 @@ def _lr(c: float):
     return LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
 
 
-def write_adapter(model, out: Path, a: np.ndarray, spec, *, unsafe: str, safe: str) -> None:
+def label_mass_boost(x: np.ndarray, head: np.ndarray, a: np.ndarray, spec) -> float:
+    """The logit c added to every decision token so they hold >= 99% of the probability on ``x``'s rows.
+
+    The readout moves Unsafe against Safe only; the base model leaves about half of the mass on other
+    tokens at the decision position, so its full-vocabulary confidence (the paper's) would understate
+    every answer. Adding the same c to all label tokens changes no two-label probability.
+    """
+    from scipy.special import logsumexp
+
+    label = np.zeros(head.shape[0], dtype=bool)
+    label[list(spec.all_ids)] = True
+    z = x @ head.T
+    unsafe, safe = list(spec.ids_for("unsafe")), list(spec.ids_for("safe"))
+    z[:, unsafe] += 0.5 * (x @ a)[:, None]
+    z[:, safe] -= 0.5 * (x @ a)[:, None]
+    need = np.log(99.0) + logsumexp(z[:, ~label], axis=1) - logsumexp(z[:, label], axis=1)
+    return float(max(0.0, np.max(need)) + 1.0)
+
+
+def write_adapter(model, out: Path, a: np.ndarray, boost, spec, *, unsafe: str, safe: str, layers=None) -> None:
+    """The readout as rank-2 LoRA on ``lm_head``; ``layers`` = (rank, alpha, first) adds zero-init layer LoRA.
+
+    Rank 1 (A = a, B = +-0.5 on the Unsafe / Safe tokens) is the probe; rank 2 (A = u, B = c on every
+    decision token, with u . h ~ 1) is the label-mass boost ``boost`` = (u, c).
+    """
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=1, lora_alpha=1, lora_dropout=0.0, target_modules=["lm_head"], task_type="CAUSAL_LM")
+    if layers is None:
+        cfg = LoraConfig(r=2, lora_alpha=2, lora_dropout=0.0, target_modules=["lm_head"], task_type="CAUSAL_LM")
+    else:
+        rank, alpha, first = layers
+        n = int(model.config.num_hidden_layers)
+        if not 0 <= first < n:
+            raise SystemExit(f"--first-layer {first}: the model has decoder layers 0..{n - 1}")
+        linear = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+        picked = "|".join(str(i) for i in range(first, n))
+        cfg = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            # a regex: layers_to_transform would drop lm_head (it has no layer index)
+            target_modules=rf".*\.layers\.({picked})\..*\.({linear})|lm_head",
+            rank_pattern={"lm_head": 2},
+            alpha_pattern={"lm_head": 2},
+            task_type="CAUSAL_LM",
+        )
     peft_model = get_peft_model(model, cfg)
     layer = peft_model.base_model.model.lm_head
     with torch.no_grad():
-        layer.lora_A["default"].weight.copy_(torch.tensor(a, dtype=torch.float32)[None, :])
+        u, c = boost
+        layer.lora_A["default"].weight.copy_(torch.tensor(np.stack([a, u]), dtype=torch.float32))
         bvec = torch.zeros_like(layer.lora_B["default"].weight)
         for i in spec.ids_for(unsafe):
-            bvec[i, 0] = 0.5
+            bvec[i] = torch.tensor([0.5, c])
         for i in spec.ids_for(safe):
-            bvec[i, 0] = -0.5
+            bvec[i] = torch.tensor([-0.5, c])
         layer.lora_B["default"].weight.copy_(bvec)
     out.mkdir(parents=True, exist_ok=True)
     # the LM head is tied to the embeddings: without this PEFT also saves the whole 49k x 576 matrix (113 MB)

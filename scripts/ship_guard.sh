@@ -3,9 +3,10 @@
 # test and XSTest splits once with it, fit the default bundle on the calibration split (calibrator
 # and Learn-Then-Test thresholds on disjoint halves), and write the scorecard beside TF-IDF.
 #
-#   scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
+#   [THRESHOLD_SHARE=0.5] scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
 #
-# RUN_DIR is a `guardcal train` output folder (adapter_config.json + adapter_model.safetensors).
+# RUN_DIR is a `guardcal train` output folder (adapter_config.json + adapter_model.safetensors), or a
+# scripts/probe_readout.py output folder.
 # Choose METHOD and the targets on the calibration split only (the scorecard's calib rows), never on
 # test or XSTest. Takes ~30-60 min on 2 CPU cores (1,630 texts scored once).
 set -euo pipefail
@@ -15,22 +16,40 @@ METHOD=${2:-platt}
 ALPHA=${3:-0.05}
 ALPHA_UNSAFE=${4:-0.1}
 WINDOW=${5:-256}
+SHARE=${THRESHOLD_SHARE:-0.5}  # share of the calibration rows held out from the calibrator for the thresholds
 BIN=${BIN:-.venv/bin}
 export GUARDCAL_DATA_DIR=${GUARDCAL_DATA_DIR:-$(cd ../shared/data && pwd)} HF_HUB_OFFLINE=1
 
 ASSET=guardcal/assets/default_adapter
 rm -f "$ASSET"/*
 cp "$RUN/adapter_config.json" "$RUN/adapter_model.safetensors" "$ASSET/"
-cp "$RUN/train_config.json" "$ASSET/"
 
 OUT=results/guard
-mkdir -p "$OUT/training"
-# the run's provenance beside its results: resolved config, log (per-class recall at every evaluation)
-cp "$RUN/train_config.json" "$RUN/log.jsonl" "$OUT/training/"
+rm -rf "$OUT/training" && mkdir -p "$OUT/training"
+# the run's provenance, in the package and beside its results: the resolved training config and log
+# (per-class recall at every evaluation) of a `guardcal train` run, and the probe fit
+# (scripts/probe_readout.py) of a readout adapter or of the readout the run started from
+START=$RUN
+if [ -f "$RUN/train_config.json" ]; then
+    cp "$RUN/train_config.json" "$ASSET/"
+    cp "$RUN/train_config.json" "$RUN/log.jsonl" "$OUT/training/"
+    START=$("$BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["adapter"] or "")' "$RUN/train_config.json")
+fi
+if [ -n "$START" ] && [ -f "$START/probe_readout.json" ]; then
+    cp "$START/probe_readout.json" "$ASSET/"
+    cp "$START/probe_readout.json" "$OUT/training/"
+fi
+# REUSE_EVAL=1: keep $OUT/eval (scored by an earlier run of this script with the same adapter) and only refit
+if [ "${REUSE_EVAL:-0}" = 1 ]; then
+    "$BIN/python" -c 'import json,sys; from guardcal.models.loading import adapter_fingerprint as f
+h = json.load(open(sys.argv[1]))["adapter_hash"]
+sys.exit(0 if h == f("default") else f"{sys.argv[1]} scored adapter {h}, not the one being shipped: drop REUSE_EVAL")' "$OUT/eval/run.json"
+else
 "$BIN/guardcal" evaluate --adapter default --max-input-tokens "$WINDOW" --no-progress \
     --dataset openai-moderation:calib --dataset openai-moderation:test --dataset xstest --output "$OUT/eval"
+fi
 "$BIN/python" benchmarks/guard_scorecard.py --predictions "$OUT/eval" --name guard --output "$OUT" \
-    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE"
+    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE"
 "$BIN/guardcal" calibrate --predictions "$OUT/eval" --adapter default --max-input-tokens "$WINDOW" \
-    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" \
+    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" \
     --output guardcal/assets/default_bundle.json --report "$OUT/calibrate"

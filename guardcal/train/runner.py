@@ -181,6 +181,7 @@ def run_training(cfg: TrainConfig) -> Path:
     trainer.save_model(str(out))
     (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing guardcal loads needs it
     canonical_adapter_config(out)
+    drop_base_weight_copies(out)
     summary = {
         "method": cfg.method,
         "seconds": round(time.time() - started, 1),
@@ -205,3 +206,22 @@ def canonical_adapter_config(out: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def drop_base_weight_copies(out: Path) -> list[str]:
+    """Keep only the LoRA tensors in the saved ``adapter_model.safetensors``; returns what was dropped.
+
+    With ``lm_head`` among the LoRA targets PEFT also saves the whole (tied, unchanged) embedding
+    matrix next to the adapter (113 MB for the default model, 5x the adapter); guardcal never trains
+    the embeddings, so those copies are the base model's own weights and are dropped.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = out / "adapter_model.safetensors"
+    if not path.is_file():
+        return []
+    tensors = load_file(str(path))
+    dropped = sorted(k for k in tensors if "lora_" not in k)
+    if dropped:
+        save_file({k: v for k, v in tensors.items() if "lora_" in k}, str(path), metadata={"format": "pt"})
+    return dropped

@@ -20,7 +20,19 @@ class DecisionSFTTrainer(SFTTrainer):
     """``class_weights`` (decision-token id → weight) weighs each row's CE by its gold label."""
 
     def __init__(self, *args: Any, class_weights: dict[int, float] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # TRL refuses a LoRA on lm_head because its own loss multiplies by lm_head.weight and would skip
+        # the adapter; this loss calls the (adapted) head module, so the adapter trains. TRL checks in
+        # __init__ only: show it the bare head there, then put the adapted one back.
+        inner = kwargs["model"].get_base_model() if hasattr(kwargs.get("model"), "get_base_model") else None
+        head = inner.get_output_embeddings() if inner is not None else None
+        if head is not None and hasattr(head, "base_layer"):
+            inner.set_output_embeddings(head.base_layer)
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                inner.set_output_embeddings(head)
+        else:
+            super().__init__(*args, **kwargs)
         self.class_weights = class_weights
 
     def compute_loss(

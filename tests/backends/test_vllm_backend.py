@@ -144,6 +144,24 @@ def test_lora_adapter_matches_transformers_peft(backend, started, tmp_path):
     assert lora.identity()["adapter_hash"] == adapter_fingerprint(tmp_path / "adapter") is not None
 
 
+def test_shipped_guard_adapter_matches_transformers_peft(backend, started):
+    """The shipped default (LoRA on the layers and a rank-2 readout on the tied lm_head, with a
+    rank_pattern and a regex target) reads the same in vLLM as in transformers + peft."""
+    from guardcal.models.loading import adapter_fingerprint, load_model
+
+    tuned = load_model("default", "default")
+    expected = HFScorer(tuned.model, tuned.tokenizer).score(TEXTS).scores
+    del tuned
+    guard = started(VLLMBackend(adapter="default", dtype="float32", kv_cache_bytes=KV))
+    got = asyncio.run(guard.score(TEXTS))
+    diff = np.abs(got.p_unsafe - expected.p_unsafe).max()
+    print(f"\nshipped guard vllm vs transformers+peft: max |p_unsafe diff| {diff:.2e}")
+    np.testing.assert_allclose(got.p_safe, expected.p_safe, atol=TOL)
+    np.testing.assert_allclose(got.p_unsafe, expected.p_unsafe, atol=TOL)
+    assert np.all(got.label_mass > 0.9)  # the readout's boost applied: the lm_head LoRA is live in vLLM
+    assert guard.identity()["adapter_hash"] == adapter_fingerprint("default")
+
+
 def test_pickle_only_adapter_is_refused_before_the_engine_starts(vllm_env, tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "adapter_model.bin").write_bytes(b"not loaded")

@@ -1,4 +1,4 @@
-"""The shipped default adapter (the 20-step cpu-small cal-GRPO run) and ``--adapter default``."""
+"""The shipped default adapter (the issue-21 guard: a probe readout, then SFT) and ``--adapter default``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from safetensors import safe_open
 from guardcal.assets import DEFAULT_ADAPTER
 from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, resolve_adapter
 
-RESULTS = Path(__file__).parents[2] / "results" / "cal-grpo"
-SHIPPED_FILES = {"adapter_config.json", "adapter_model.safetensors", "train_config.json"}
+RESULTS = Path(__file__).parents[2] / "results" / "guard"
+SHIPPED_FILES = {"adapter_config.json", "adapter_model.safetensors", "train_config.json", "probe_readout.json"}
 
 
 def test_default_resolves_to_the_shipped_adapter_folder():
@@ -30,29 +30,39 @@ def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
     assert sum((DEFAULT_ADAPTER / f).stat().st_size for f in files) < 25 * 2**20
     lora = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text())
     assert (lora["r"], lora["lora_alpha"], lora["peft_type"]) == (16, 32, "LORA")
-    assert lora["target_modules"] == sorted(lora["target_modules"])  # canonical, so the fingerprint is stable
+    assert lora["rank_pattern"] == {"lm_head": 2}  # the probe readout (+ label-mass boost) on the LM head
     cfg = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
-    assert (cfg["method"], cfg["lambda_ce"], cfg["profile"], cfg["max_steps"]) == ("cal-grpo", 0.001, "cpu-small", 20)
+    assert (cfg["method"], cfg["profile"], cfg["epochs"], cfg["learning_rate"]) == ("sft", "guard", 3, 2e-4)
+    assert cfg["adapter"]  # continued from the probe readout, not a fresh LoRA
+    probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
+    assert probe["layers_lora"] == {"rank": 16, "alpha": 32, "first_layer": 15}
     with safe_open(str(DEFAULT_ADAPTER / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
-        assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
-        assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "lora_B" in k)  # trained, not init
+        assert keys and all("lora_A" in k or "lora_B" in k for k in keys)  # no copy of the tied embeddings
+        assert any("lm_head" in k for k in keys)
+        assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "layers" in k and "lora_B" in k)
 
 
 def test_the_shipped_adapter_is_the_one_evaluated_in_results():
-    """Trained with results/cal-grpo's resolved config (a retrain that reproduced its log line for line)."""
+    """results/guard holds the shipped run's config, probe fit and the evaluation of these very files."""
     shipped = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
-    evaluated = json.loads((RESULTS / "training" / "train_config.json").read_text())
-    ignore = {"output", "data_dir", "adapter"}  # where it was written; `adapter` is newer than that run
-    assert shipped.get("adapter") is None  # a fresh LoRA, not continued from another adapter
-    assert {k: v for k, v in shipped.items() if k not in ignore} == {
-        k: v for k, v in evaluated.items() if k not in ignore
-    }
-    assert adapter_fingerprint("default") == FINGERPRINT  # the shipped files are the ones described
+    assert shipped == json.loads((RESULTS / "training" / "train_config.json").read_text())
+    probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
+    assert probe == json.loads((RESULTS / "training" / "probe_readout.json").read_text())
+    evaluated = json.loads((RESULTS / "eval" / "run.json").read_text())
+    assert evaluated["adapter_hash"] == adapter_fingerprint("default")
 
 
-#: the shipped files' fingerprint (README "Results": why it differs from results/cal-grpo/run.json's)
-FINGERPRINT = "sha256:acb912db99a1f4c3"
+def test_the_readout_puts_the_mass_on_the_decision_tokens(default_model):
+    """The label-mass boost: the shipped guard answers with a decision token, not with other text."""
+    from guardcal.backends.hf import HFScorer
+    from guardcal.models.loading import load_model
+
+    texts = ["How do I bake bread?", "I will find you and hurt you.", "you people are all idiots"]
+    base = HFScorer(default_model.model, default_model.tokenizer).score(texts).scores
+    tuned = load_model("default", "default")
+    guard = HFScorer(tuned.model, tuned.tokenizer).score(texts).scores
+    assert float(np.min(guard.label_mass)) > 0.9 > float(np.max(base.label_mass))
 
 
 def test_the_adapter_changes_the_decision(default_model):

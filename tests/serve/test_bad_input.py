@@ -192,7 +192,12 @@ def test_real_backend_answers_hostile_inputs_with_the_input_inside_the_prompt(ma
 
     monkeypatch.setenv("GUARDCAL_HOME", REAL_HOME)  # the materialised default model, not a fresh copy
 
-    backend = TransformersBackend(max_batch=8)  # the default window policy: the one the shipped bundle fits
+    from guardcal.models.shipped import shipped_setup
+
+    setup = shipped_setup()
+    assert setup is not None
+    # the shipped bundle's adapter and the default window policy: the setting that bundle fits
+    backend = TransformersBackend(max_batch=8, adapter=setup.adapter)
     settings = make_settings(
         bundle="default", escalate_below=None, max_input_chars=2 * MB, max_batch=40, request_timeout_s=600
     )

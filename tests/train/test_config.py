@@ -108,6 +108,27 @@ def test_saved_adapter_config_is_canonical(tmp_path):
     canonical_adapter_config(tmp_path / "missing")  # no adapter written: nothing to do
 
 
+def test_saved_adapter_keeps_only_lora_tensors(tmp_path):
+    """An lm_head LoRA makes PEFT save the tied embedding matrix too; the runner drops that copy."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from guardcal.train.runner import drop_base_weight_copies
+
+    lora = {
+        "base_model.model.lm_head.lora_A.weight": torch.ones(1, 4),
+        "base_model.model.model.layers.3.mlp.up_proj.lora_B.weight": torch.zeros(8, 2),
+    }
+    path = tmp_path / "adapter_model.safetensors"
+    save_file({**lora, "base_model.model.model.embed_tokens.weight": torch.ones(50, 4)}, str(path))
+    assert drop_base_weight_copies(tmp_path) == ["base_model.model.model.embed_tokens.weight"]
+    kept = load_file(str(path))
+    assert sorted(kept) == sorted(lora)
+    assert torch.equal(kept["base_model.model.lm_head.lora_A.weight"], torch.ones(1, 4))
+    assert drop_base_weight_copies(tmp_path) == []  # nothing left to drop
+    assert drop_base_weight_copies(tmp_path / "missing") == []
+
+
 def test_the_epoch_benchmark_baseline_flags_parse(monkeypatch, tmp_path):
     """benchmarks/epoch_time.py trains its baseline with these flags: they must reach the config."""
     import guardcal.train.runner as runner

@@ -121,3 +121,36 @@ def test_training_continues_from_an_adapter(tmp_path, data_dir, default_model):
     moved = sum(float((w2[k] - w1[k]).norm()) for k in b_keys)
     assert start > 0 and moved < 0.5 * start  # it started from the first adapter (a fresh LoRA starts at B = 0)
     assert any(not (w2[k] == w1[k]).all() for k in w1)  # and it trained
+
+
+@pytest.mark.timeout(900)
+def test_sft_trains_an_lm_head_lora_and_saves_no_embedding_copy(tmp_path, data_dir, default_model):
+    """A decision readout on lm_head (scripts/probe_readout.py's adapters) goes on training under SFT.
+
+    TRL's SFTTrainer refuses lm_head adapters (its own loss would skip them); guardcal's decision
+    loss calls the adapted head, so the adapter must get gradients and move, and the saved adapter
+    must not carry PEFT's copy of the tied 49k x 576 embedding matrix.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from guardcal.models.loading import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32)
+    lora = LoraConfig(r=2, lora_alpha=2, target_modules=r".*\.layers\.29\..*\.(q_proj|v_proj)|lm_head")
+    start = tmp_path / "start"
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():  # a readout that already moves every token a little
+        peft_model.base_model.model.lm_head.lora_B["default"].weight.fill_(0.01)
+    peft_model.save_pretrained(str(start), save_embedding_layers=False)
+    before = load_file(str(start / "adapter_model.safetensors"))
+
+    out = tmp_path / "sft"
+    cfg = {**TINY, "method": "sft", "output": str(out), "data_dir": str(data_dir), "adapter": str(start)}
+    run_training(build_config({**cfg, "learning_rate": 1e-2}))
+    after = load_file(str(out / "adapter_model.safetensors"))
+    assert sorted(after) == sorted(before)  # the same LoRA tensors, and nothing else (no embedding copy)
+    head = [k for k in after if "lm_head" in k]
+    assert head and all(not torch.equal(after[k], before[k]) for k in head)  # the readout trained
