@@ -152,7 +152,9 @@ def label_mass_boost(x: np.ndarray, head: np.ndarray, a: np.ndarray, spec) -> fl
     label = np.zeros(head.shape[0], dtype=bool)
     label[list(spec.all_ids)] = True
     z = x @ head.T
-    unsafe, safe = list(spec.ids_for("unsafe")), list(spec.ids_for("safe"))
+    from guardcal.types import SAFE, UNSAFE
+
+    unsafe, safe = list(spec.ids_for(UNSAFE)), list(spec.ids_for(SAFE))
     z[:, unsafe] += 0.5 * (x @ a)[:, None]
     z[:, safe] -= 0.5 * (x @ a)[:, None]
     need = np.log(99.0) + logsumexp(z[:, ~label], axis=1) - logsumexp(z[:, label], axis=1)
@@ -170,12 +172,12 @@ def write_adapter(model, out: Path, a: np.ndarray, boost, spec, *, unsafe: str, 
     if layers is None:
         cfg = LoraConfig(r=2, lora_alpha=2, lora_dropout=0.0, target_modules=["lm_head"], task_type="CAUSAL_LM")
     else:
+        from guardcal.train.config import ALL_LINEAR
+        from guardcal.train.runner import lora_layers
+
         rank, alpha, first = layers
-        n = int(model.config.num_hidden_layers)
-        if not 0 <= first < n:
-            raise SystemExit(f"--first-layer {first}: the model has decoder layers 0..{n - 1}")
-        linear = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
-        picked = "|".join(str(i) for i in range(first, n))
+        picked = "|".join(map(str, lora_layers(model, first) or range(model.config.num_hidden_layers)))
+        linear = "|".join(ALL_LINEAR)
         cfg = LoraConfig(
             r=rank,
             lora_alpha=alpha,

@@ -10,6 +10,8 @@ the rows of the batch (the same number TRL's completion-only loss computes).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,18 +22,7 @@ class DecisionSFTTrainer(SFTTrainer):
     """``class_weights`` (decision-token id → weight) weighs each row's CE by its gold label."""
 
     def __init__(self, *args: Any, class_weights: dict[int, float] | None = None, **kwargs: Any) -> None:
-        # TRL refuses a LoRA on lm_head because its own loss multiplies by lm_head.weight and would skip
-        # the adapter; this loss calls the (adapted) head module, so the adapter trains. TRL checks in
-        # __init__ only: show it the bare head there, then put the adapted one back.
-        inner = kwargs["model"].get_base_model() if hasattr(kwargs.get("model"), "get_base_model") else None
-        head = inner.get_output_embeddings() if inner is not None else None
-        if head is not None and hasattr(head, "base_layer"):
-            inner.set_output_embeddings(head.base_layer)
-            try:
-                super().__init__(*args, **kwargs)
-            finally:
-                inner.set_output_embeddings(head)
-        else:
+        with _bare_head_for_trl(kwargs.get("model")):
             super().__init__(*args, **kwargs)
         self.class_weights = class_weights
 
@@ -60,3 +51,23 @@ class DecisionSFTTrainer(SFTTrainer):
         else:
             loss = loss / ids.size(0)
         return (loss, None) if return_outputs else loss
+
+
+@contextmanager
+def _bare_head_for_trl(model: Any) -> Iterator[None]:
+    """Show TRL's ``__init__`` the bare LM head while it runs, then put the adapted one back.
+
+    TRL refuses a LoRA on ``lm_head`` because its own loss multiplies by ``lm_head.weight`` and would
+    skip the adapter; :meth:`DecisionSFTTrainer.compute_loss` calls the (adapted) head module, so the
+    adapter trains. TRL checks in ``__init__`` only.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else None
+    head = inner.get_output_embeddings() if inner is not None else None
+    if head is None or not hasattr(head, "base_layer"):
+        yield
+        return
+    inner.set_output_embeddings(head.base_layer)
+    try:
+        yield
+    finally:
+        inner.set_output_embeddings(head)
