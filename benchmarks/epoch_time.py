@@ -33,10 +33,13 @@ METHODS = ("grpo", "cal-grpo", "sft")
 BASELINE_FLAGS = ["--gradient-checkpointing", "--no-compact-lm-head"]
 
 
-def run(method: str, workdir: Path, steps: int, baseline: bool = False) -> Path:
-    out = workdir / (f"{method}-baseline" if baseline else method)
+def run(
+    method: str, workdir: Path, steps: int, baseline: bool = False, flags: tuple[str, ...] = (), name: str = ""
+) -> Path:
+    """One ``guardcal train`` child (cpu-small, ``steps`` steps, ``flags`` added); its peak RSS is written beside."""
+    out = workdir / (name or (f"{method}-baseline" if baseline else method))
     cmd = [sys.executable, "-m", "guardcal.cli", "train", "--method", method, "--profile", "cpu-small"]
-    cmd += ["--max-steps", str(steps), "--output", str(out), *(BASELINE_FLAGS if baseline else [])]
+    cmd += ["--max-steps", str(steps), "--output", str(out), *(BASELINE_FLAGS if baseline else []), *flags]
     child = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, not the max over all children
     child.returncode = os.waitstatus_to_exitcode(status)

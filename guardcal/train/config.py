@@ -88,6 +88,12 @@ class TrainConfig:
         "log-probs; ~25 s of a 122 s cpu-small step saved); --no-compact-lm-head scores every position "
         "as TRL does off CUDA (the epoch_time benchmark's baseline). Once on, it stays on in that process",
     )
+    loss_row_chunk: int = _f(
+        0,
+        "GRPO family: forward and backward a micro-batch this many completions at a time (0 = all at once). "
+        "The loss and its gradient stay the micro-batch's (each chunk is scaled to its normalisers); only one "
+        "chunk's activations are alive at a time (cpu-small: 4, peak RSS 16 GB → see README 'Performance')",
+    )
     bf16: bool = _f(
         False, "bf16 autocast (paper profile, GPUs); off on CPU: faster but it changed the first SFT steps"
     )
@@ -176,6 +182,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.loss_row_chunk < 0:
+            raise ConfigError(f"loss_row_chunk must be >= 0 (0 = the whole micro-batch), got {self.loss_row_chunk}")
         if self.reasoning_budget < 0:
             raise ConfigError(f"reasoning_budget must be >= 0, got {self.reasoning_budget}")
         if not 0 <= self.lora_dropout < 1:
@@ -239,6 +247,7 @@ _CPU_SMALL_GRPO: dict[str, Any] = {
     "temperature": 1.0,
     "max_input_tokens": 128,
     "gradient_checkpointing": False,
+    "loss_row_chunk": 4,
 }
 
 PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {

@@ -29,6 +29,12 @@ shapes, for compilers like Neuron's) and masks the prompt afterwards; on a CPU t
 LM-head work of the completion tokens (≈ 25 s of a 122 s cpu-small step, profiled).
 ``score_completion_positions_only`` makes it score only the labelled positions on a CPU too,
 as it already does on CUDA; the log-probs at those positions are the same.
+
+Memory: with ``loss_row_chunk`` set, a micro-batch's forward and backward run a few completions
+at a time (``_compute_loss``), each chunk's loss scaled to the micro-batch's normalisers, so the
+gradient is the micro-batch's and only one chunk's activations are alive at a time (a cpu-small
+step's peak RSS: ``benchmarks/grpo_memory.py``). A LoRA on ``lm_head`` (the shipped guard's
+readout) trains too: see ``guardcal/train/lm_head.py``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from guardcal.core.decision import DecisionParser
 from guardcal.core.labels import LabelSpec
 from guardcal.train import objectives as obj
 from guardcal.train import pairwise
+from guardcal.train.lm_head import bare_head_for_trl, merged_lora_head
 from guardcal.train.strategies import GroupBatch, Objective
 
 
@@ -78,15 +85,23 @@ class GuardGRPOTrainer(GRPOTrainer):
         objective: Objective,
         ce_variant: str = "full",
         compact_lm_head: bool = True,
+        loss_row_chunk: int = 0,
         **kwargs: Any,
     ) -> None:
         if compact_lm_head:
             score_completion_positions_only()
-        super().__init__(*args, **kwargs)
+        with bare_head_for_trl(kwargs.get("model")):  # a LoRA on lm_head: see guardcal/train/lm_head.py
+            super().__init__(*args, **kwargs)
         self.parser = parser
         self.spec = spec
         self.objective = objective
         self.ce_variant = ce_variant
+        self.loss_row_chunk = loss_row_chunk
+
+    def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """TRL's log-probs, with a LoRA on ``lm_head`` merged into the weight its fused head reads."""
+        with merged_lora_head(self.accelerator.unwrap_model(model)):
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     # --- rollouts -------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,9 +190,47 @@ class GuardGRPOTrainer(GRPOTrainer):
 
     # --- loss -----------------------------------------------------------------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        """The micro-batch's loss; with ``loss_row_chunk`` set, its gradient is built a few rows at a time.
+
+        Every term of the loss is a sum over rows divided by a micro-batch total (BNPO: the unmasked
+        completion tokens; the decision loss: the rollouts with a decision), so each chunk's loss is
+        rescaled to the micro-batch's normalisers and back-propagated on its own: the summed gradient
+        and the returned loss are the micro-batch's, while only one chunk's activations are alive at
+        a time. All chunks but the last are back-propagated here; the last is returned for the
+        Trainer's own ``backward`` (with the earlier chunks' detached values added, so the logged
+        loss is the whole micro-batch's).
+        """
+        n, chunk = inputs["completion_ids"].size(0), self.loss_row_chunk
+        if chunk <= 0 or n <= chunk or not (model.training and torch.is_grad_enabled()):
+            policy, extra = self._rows_loss(model, inputs, _Normalisers.of(inputs))
+            return self._log_and_sum(policy, extra)
+        totals = _Normalisers.of(inputs)
+        starts = list(range(0, n, chunk))
+        policy_sum = extra_sum = done = None
+        for start in starts:
+            part = _rows(inputs, start, min(start + chunk, n), n)
+            policy, extra = self._rows_loss(model, part, totals)
+            loss = self._combine(policy, extra)
+            if start != starts[-1]:
+                self.accelerator.backward(loss)  # the Trainer does not rescale: loss_is_scaled_for_ga
+                loss = loss.detach()
+                done = loss if done is None else done + loss
+            else:
+                last = loss
+            policy_sum = policy.detach() if policy_sum is None else policy_sum + policy.detach()
+            if extra is not None:
+                extra_sum = extra.detach() if extra_sum is None else extra_sum + extra.detach()
+        self._log_terms(policy_sum, extra_sum)
+        return last + done
+
+    def _rows_loss(
+        self, model: Any, inputs: dict[str, Any], totals: _Normalisers
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(policy term, decision-loss term or None) of these rows, each over the micro-batch's normalisers."""
+        policy_scale = totals.share_of_tokens(inputs)
         loss_name = self.objective.decision_loss
         if not self.objective.zero_decision_advantage and loss_name is None:
-            return super()._compute_loss(model, inputs)
+            return super()._compute_loss(model, inputs) * policy_scale, None
         pos, target = inputs["decision_pos"], inputs["decision_target"]
         advantages = inputs["advantages"]
         if self.objective.zero_decision_advantage:
@@ -187,11 +240,11 @@ class GuardGRPOTrainer(GRPOTrainer):
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         hook = base.get_decoder().register_forward_hook(lambda _m, _i, o: captured.append(o[0]))
         try:
-            policy = super()._compute_loss(model, {**inputs, "advantages": advantages})
+            policy = super()._compute_loss(model, {**inputs, "advantages": advantages}) * policy_scale
         finally:
             hook.remove()
         if loss_name is None:
-            return policy
+            return policy, None
         extra = obj.decision_loss_from_hidden(
             base.get_output_embeddings(),
             captured[-1],
@@ -202,8 +255,67 @@ class GuardGRPOTrainer(GRPOTrainer):
             self.ce_variant,
             loss_name,
         )
+        return policy, extra * totals.share_of_decisions(inputs)
+
+    def _grad_accum_scale(self) -> float:
+        return self.current_gradient_accumulation_steps if self.model.training else 1.0
+
+    def _combine(self, policy: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """TRL's policy term is already divided by the accumulation steps; the decision loss is divided here."""
+        if extra is None:
+            return policy
+        return policy + self.objective.lambda_ * extra / self._grad_accum_scale()
+
+    def _log_and_sum(self, policy: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        self._log_terms(policy.detach(), None if extra is None else extra.detach())
+        return self._combine(policy, extra)
+
+    def _log_terms(self, policy: torch.Tensor, extra: torch.Tensor | None) -> None:
+        loss_name = self.objective.decision_loss
+        if not self.objective.zero_decision_advantage and loss_name is None:
+            return  # stock GRPO: TRL logs its own loss
         mode = "train" if self.model.training else "eval"
-        scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        self._metrics[mode]["loss/policy"].append(policy.item() * scale)
-        self._metrics[mode][f"loss/{loss_name}"].append(extra.item())
-        return policy + self.objective.lambda_ * extra / scale
+        self._metrics[mode]["loss/policy"].append(policy.item() * self._grad_accum_scale())
+        if extra is not None:
+            self._metrics[mode][f"loss/{loss_name}"].append(extra.item())
+
+
+class _Normalisers:
+    """The micro-batch totals the loss terms divide by: unmasked completion tokens, rollouts with a decision."""
+
+    def __init__(self, tokens: torch.Tensor, decisions: torch.Tensor | None) -> None:
+        self.tokens = tokens
+        self.decisions = decisions
+
+    @staticmethod
+    def loss_mask(inputs: dict[str, Any]) -> torch.Tensor:
+        """TRL's BNPO mask: the completion mask, times the rollout's env mask (forced tokens) when there is one."""
+        mask = inputs["completion_mask"]
+        return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
+
+    @classmethod
+    def of(cls, inputs: dict[str, Any]) -> _Normalisers:
+        decisions = (inputs["decision_pos"] >= 0).sum() if "decision_pos" in inputs else None
+        return cls(cls.loss_mask(inputs).sum().float(), decisions)
+
+    def share_of_tokens(self, rows: dict[str, Any]) -> torch.Tensor | float:
+        """TRL divides by the rows' own token count; this turns that into the micro-batch's (1.0 for all rows)."""
+        own = self.loss_mask(rows).sum().float()
+        if bool(own == self.tokens):
+            return 1.0
+        return own.clamp(min=1.0) / self.tokens.clamp(min=1.0)
+
+    def share_of_decisions(self, rows: dict[str, Any]) -> torch.Tensor | float:
+        """The decision loss is a mean over the rows' decisions; this turns it into the micro-batch's mean."""
+        own = (rows["decision_pos"] >= 0).sum()
+        if self.decisions is None or bool(own == self.decisions):
+            return 1.0
+        return own.float() / self.decisions.clamp(min=1).float()
+
+
+def _rows(inputs: dict[str, Any], start: int, end: int, n: int) -> dict[str, Any]:
+    """Rows ``start:end`` of every per-row tensor of a micro-batch (anything else is shared as it is)."""
+    return {
+        k: v[start:end] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.size(0) == n else v
+        for k, v in inputs.items()
+    }

@@ -130,6 +130,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
         objective=objective,
         ce_variant=cfg.ce_variant,
         compact_lm_head=cfg.compact_lm_head,
+        loss_row_chunk=cfg.loss_row_chunk,
     )
 
 

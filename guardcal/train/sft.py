@@ -10,19 +10,19 @@ the rows of the batch (the same number TRL's completion-only loss computes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from trl import SFTTrainer
+
+from guardcal.train.lm_head import bare_head_for_trl
 
 
 class DecisionSFTTrainer(SFTTrainer):
     """``class_weights`` (decision-token id → weight) weighs each row's CE by its gold label."""
 
     def __init__(self, *args: Any, class_weights: dict[int, float] | None = None, **kwargs: Any) -> None:
-        with _bare_head_for_trl(kwargs.get("model")):
+        with bare_head_for_trl(kwargs.get("model")):
             super().__init__(*args, **kwargs)
         self.class_weights = class_weights
 
@@ -51,23 +51,3 @@ class DecisionSFTTrainer(SFTTrainer):
         else:
             loss = loss / ids.size(0)
         return (loss, None) if return_outputs else loss
-
-
-@contextmanager
-def _bare_head_for_trl(model: Any) -> Iterator[None]:
-    """Show TRL's ``__init__`` the bare LM head while it runs, then put the adapted one back.
-
-    TRL refuses a LoRA on ``lm_head`` because its own loss multiplies by ``lm_head.weight`` and would
-    skip the adapter; :meth:`DecisionSFTTrainer.compute_loss` calls the (adapted) head module, so the
-    adapter trains. TRL checks in ``__init__`` only.
-    """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else None
-    head = inner.get_output_embeddings() if inner is not None else None
-    if head is None or not hasattr(head, "base_layer"):
-        yield
-        return
-    inner.set_output_embeddings(head.base_layer)
-    try:
-        yield
-    finally:
-        inner.set_output_embeddings(head)

@@ -28,6 +28,10 @@ def test_profiles_and_overrides(tmp_path):
         cfg.compact_lm_head
         and not build_config({"method": "grpo", "output": "o", "compact_lm_head": False}).compact_lm_head
     )
+    # the CPU profile runs the loss 4 completions at a time (memory); the paper's GPU profile all at once
+    assert (cfg.loss_row_chunk, paper.loss_row_chunk) == (4, 0)
+    with pytest.raises(ConfigError, match="loss_row_chunk must be >= 0"):
+        build_config({"method": "grpo", "output": "o", "loss_row_chunk": -1})
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("method: sft\nepochs: 7\nlora-r: 8\n")
     cfg = build_config({"output": "o", "epochs": 2.0}, yaml_file)
