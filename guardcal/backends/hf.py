@@ -190,7 +190,7 @@ class HFScorer:
         merged = Scores.concat(parts)
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[order] = np.arange(len(order))
-        scores = Scores(merged.p_safe[inverse], merged.p_unsafe[inverse])
+        scores = merged.take(inverse)
         if not self.template.reasoning:
             return Scored(scores)
         return Scored(scores, [reasoning[i] for i in inverse])
