@@ -229,7 +229,7 @@ class PromptProfile:
     def decision_surface(self, word: str) -> str:
         """The text the model writes for ``word`` at the decision position: ``" Safe"`` after a prefix ending
         in a visible character (``Classification:``), the bare word after whitespace or nothing."""
-        ending = self.decision_prefix or (self.template or "")
+        ending = self.decision_prefix
         return " " + word if ending and not ending[-1].isspace() else word
 
 
