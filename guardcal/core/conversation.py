@@ -109,6 +109,4 @@ def judged_conversation(turns: Sequence[Turn], judge: Judge, where: str = "messa
                 f"or use a profile that judges {'user' if judge == 'assistant' else 'assistant'} turns"
             )
         end = found[-1] + 1
-    if not turns[end - 1].content.strip():
-        raise ConversationError(f"{where}[{end - 1}] is the judged turn but its content is empty; send its text")
     return Conversation(tuple(turns[:end]))

@@ -49,7 +49,8 @@ MAX_MESSAGES = 64
 class Message(_Strict):
     """One turn of a conversation (OpenAI chat shape)."""
 
-    role: str = Field(description="'user' or 'assistant'")
+    # a str checked by the prompt profile (its 422 names the fix), documented as the enum it accepts
+    role: str = Field(description="'user' or 'assistant'", json_schema_extra={"enum": ["user", "assistant"]})
     content: str = Field(description="the turn's text")
 
     @field_validator("content")
