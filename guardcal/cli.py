@@ -50,6 +50,11 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         help="tokens per scoring window: longer inputs are scored as overlapping windows, each text reading as its "
         "highest-P(unsafe) window (part of the prompt fingerprint: serve with the same value)",
     )
+    parser.add_argument(
+        "--prompt",
+        help="prompt profile: a built-in name (`guardcal prompts`) or a YAML file (default: 'default', the paper's "
+        "prompt); part of the prompt fingerprint: serve with the same profile",
+    )
     parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
     parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
     parser.add_argument("--no-progress", action="store_true")
@@ -93,6 +98,7 @@ class EvaluateCommand(Command):
             max_new_tokens=max_new_tokens,
             bundle=args.bundle,
             progress=not args.no_progress,
+            prompt=args.prompt,
         )
         metrics = run_evaluation(cfg)
         print((args.output / "report.md").read_text().split("\n\n![")[0])
@@ -222,6 +228,7 @@ class CalibrateCommand(Command):
             limit=args.limit,
             predictions=args.predictions,
             progress=not args.no_progress,
+            prompt=args.prompt,
         )
         bundle = run_calibration(cfg)
         for stage in ("before", "after"):
@@ -302,6 +309,7 @@ def build_backend(settings: Any) -> Any:
             max_new_tokens=settings.max_new_tokens,
             max_input_tokens=settings.max_input_tokens,
             max_windows=settings.max_windows,
+            prompt=settings.prompt,
             kv_cache_bytes=settings.vllm_kv_cache_bytes,
             tensor_parallel_size=settings.vllm_tensor_parallel_size,
         )
@@ -317,6 +325,7 @@ def build_backend(settings: Any) -> Any:
         max_input_tokens=settings.max_input_tokens,
         max_windows=settings.max_windows,
         compile=settings.compile,
+        prompt=settings.prompt,
     )
 
 
@@ -333,6 +342,31 @@ class DataCommand(Command):
 
         path = write_split_manifest(args.manifest, args.data_dir)
         print(f"wrote {path}")
+        return 0
+
+
+class PromptsCommand(Command):
+    name = "prompts"
+    help = "list the built-in prompt profiles (for --prompt), or print one as YAML"
+
+    def register(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", nargs="?", help="print this profile (a built-in name or a YAML file)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from guardcal.core.profiles import PROMPTS_DIR, builtin_names, load_profile
+
+        if args.name:
+            profile = load_profile(args.name)  # validated: ConfigError names the problem
+            path = PROMPTS_DIR / f"{args.name}.yaml" if args.name in builtin_names() else Path(args.name)
+            print(path.read_text(encoding="utf-8"), end="")
+            print(f"# valid profile {profile.name!r}: labels {profile.surfaces()}, quoting {profile.quoting}")
+            return 0
+        for name in builtin_names():
+            p = load_profile(name)
+            print(f"{name:18} {p.description}")
+            for src in p.source:
+                print(f"{'':18}   {src}")
+        print("\nUse one with --prompt NAME, or write your own YAML (docs/prompts.md) and pass --prompt FILE.")
         return 0
 
 
@@ -356,6 +390,7 @@ COMMANDS: tuple[Command, ...] = (
     EvaluateCommand(),
     ServeCommand(),
     DataCommand(),
+    PromptsCommand(),
     ModelCommand(),
 )
 

@@ -60,8 +60,12 @@ class EvalConfig:
     max_new_tokens: int = 256
     bundle: str | None = None
     progress: bool = True
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
+        from guardcal.core.profiles import load_profile
+
+        load_profile(self.prompt)  # a bad profile fails here, before any data or model loads
         if not self.datasets:
             raise ConfigError("no dataset given; pass --dataset xstest (repeatable)")
         if self.device not in DEVICES:
@@ -167,8 +171,19 @@ class ScoringSession:
             "label_spec": self.scorer.spec.to_dict(),
         }
 
+    def profile(self) -> dict[str, Any]:
+        """The prompt profile's ``describe()`` (kept in run.json and in bundles)."""
+        return self.template.spec.describe()
+
+    def items(self, examples: Sequence[Example]) -> list[Any]:
+        """What is scored for each example: its text, or its conversation cut at the profile's judged turn."""
+        spec = self.template.spec
+        return [
+            spec.judged(ex.messages, f"example {ex.id!r}: messages") if ex.messages else ex.text for ex in examples
+        ]
+
     def check_bundle(self, bundle: CalibrationBundle) -> None:
-        bundle.check_compatible(**self.identity())
+        bundle.check_compatible(**self.identity(), prompt_profile=self.profile())
 
 
 def resolve_device(device: str) -> str:
@@ -185,10 +200,12 @@ def resolve_device(device: str) -> str:
 def open_session(cfg: EvalConfig) -> ScoringSession:
     """Load the model (+ adapter) named by ``cfg`` and wrap it in a scorer."""
     from guardcal.backends.hf import HFScorer
+    from guardcal.core.profiles import load_profile
     from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
 
+    profile = load_profile(cfg.prompt)
+    template = PromptTemplate.for_profile(profile, cfg.reasoning)
     loaded = load_model(cfg.model, cfg.adapter, dtype=cfg.dtype, device=resolve_device(cfg.device))
-    template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
     scorer = HFScorer(
         loaded.model,
         loaded.tokenizer,
@@ -208,6 +225,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
     data = {key: subsample(load_dataset(key, cfg.data_dir), cfg.limit) for key in cfg.datasets}
     bundle = load_bundle(cfg.bundle) if cfg.bundle else None
     session = open_session(cfg)
+    items = {key: session.items(examples) for key, examples in data.items()}  # bad conversations fail before scoring
     if bundle is not None:
         session.check_bundle(bundle)
     scorer = session.scorer
@@ -217,7 +235,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
     started = time.time()
     escalation: dict[str, Any] = {}
     for key, examples in data.items():
-        scored = scorer.score([ex.text for ex in examples], progress=cfg.progress)
+        scored = scorer.score(items[key], progress=cfg.progress)
         rows = prediction_rows(key, examples, scored.scores)
         if scored.reasoning is not None:
             for row, thought in zip(rows, scored.reasoning, strict=True):
@@ -234,6 +252,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
         "model": cfg.model,
         "adapter": cfg.adapter,
         **session.identity(),
+        "prompt_profile": session.profile(),
         "dtype": cfg.dtype,
         "limit": cfg.limit,
         "max_input_tokens": cfg.max_input_tokens,
@@ -249,6 +268,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, dict[str, float | int | None]]:
 
 def _model_title(cfg: EvalConfig) -> str:
     name = cfg.model + (f" + {Path(cfg.adapter).name}" if cfg.adapter else "")
+    name += f", prompt {Path(cfg.prompt).stem}" if cfg.prompt and cfg.prompt != "default" else ""
     return name + (" (reasoning)" if cfg.reasoning else "")
 
 
@@ -277,7 +297,8 @@ def markdown_report(metrics: dict[str, dict[str, float | int | None]], run: dict
     lines = [
         f"# guardcal evaluate: {run['model']}" + (f" + {run['adapter']}" if run["adapter"] else ""),
         "",
-        f"mode `{run['mode']}`, prompt `{run['prompt_fingerprint']}`, dtype {run['dtype']}, "
+        f"mode `{run['mode']}`, prompt profile `{run.get('prompt_profile', {}).get('name', 'default')}` "
+        f"(`{run['prompt_fingerprint']}`), dtype {run['dtype']}, "
         f"guardcal {run['guardcal_version']}",
         "",
         "| dataset | " + " | ".join(names) + " |",

@@ -72,9 +72,13 @@ class CalibrateConfig:
     limit: int | None = None
     predictions: Path | None = None
     progress: bool = True
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
+        from guardcal.core.profiles import load_profile
+
         make_calibrator(self.method)  # fails early on an unknown method
+        load_profile(self.prompt)  # a bad prompt profile fails before any model loads
         if not 0.0 < self.threshold_share < 1.0:
             raise ConfigError(
                 f"--threshold-share must be in (0, 1), got {self.threshold_share}: the thresholds need rows the "
@@ -134,18 +138,29 @@ def score_rows(cfg: CalibrateConfig) -> tuple[Rows, dict[str, Any]]:
             dtype=cfg.dtype,
             max_input_tokens=cfg.max_input_tokens,
             max_new_tokens=cfg.max_new_tokens,
+            prompt=cfg.prompt,
         )
     )
     rows: Rows = {}
     for key in [cfg.fit_dataset, *cfg.eval_datasets]:
         examples = subsample(load_dataset(key, cfg.data_dir), cfg.limit)
-        scored = session.scorer.score([e.text for e in examples], cfg.progress)
+        scored = session.scorer.score(session.items(examples), cfg.progress)
         rows[key] = prediction_rows(key, examples, scored.scores)
     setting = scoring_setting(cfg.dtype, cfg.max_new_tokens if cfg.reasoning else None, cfg.max_input_tokens)
-    return rows, {**session.identity(), **setting}
+    return rows, {**session.identity(), "prompt_profile": session.profile(), **setting}
 
 
-def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str, Any]]:
+def cfg_prompt_differs(run: dict[str, Any], prompt: str | None) -> bool:
+    """True when ``--prompt`` names a profile other than the one an evaluate run was scored with."""
+    if prompt is None:
+        return False
+    from guardcal.core.profiles import differing_fields, load_profile
+
+    recorded = run.get("prompt_profile") or load_profile("default").describe()
+    return bool([d for d in differing_fields(recorded, load_profile(prompt).describe()) if d != "name"])
+
+
+def rows_from_predictions(folder: Path, keys: list[str], prompt: str | None = None) -> tuple[Rows, dict[str, Any]]:
     """Reuse a ``guardcal evaluate`` output folder instead of scoring again (identity, dtype/budget as run)."""
     run_file, pred_file = folder / "run.json", folder / "predictions.jsonl"
     for f in (run_file, pred_file):
@@ -161,8 +176,14 @@ def rows_from_predictions(folder: Path, keys: list[str]) -> tuple[Rows, dict[str
     if missing:
         raise ConfigError(f"{pred_file} has no predictions for {missing}; evaluate with --dataset for each of them")
     identity = {k: run[k] for k in ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")}
+    if cfg_prompt_differs(run, prompt):
+        raise ConfigError(
+            f"{run_file} was scored with prompt profile {run.get('prompt_profile', {}).get('name', 'default')!r}, "
+            f"not {prompt!r}; pass the same --prompt, or evaluate again with this one"
+        )
     return rows, {
         **identity,
+        "prompt_profile": run.get("prompt_profile"),
         **scoring_setting(run.get("dtype"), run.get("max_new_tokens"), run.get("max_input_tokens")),
     }
 
@@ -178,7 +199,7 @@ def scoring_setting(
 def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     """Fit, evaluate before/after, write the bundle (and the report)."""
     keys = [cfg.fit_dataset, *cfg.eval_datasets]
-    rows, identity = rows_from_predictions(cfg.predictions, keys) if cfg.predictions else score_rows(cfg)
+    rows, identity = rows_from_predictions(cfg.predictions, keys, cfg.prompt) if cfg.predictions else score_rows(cfg)
     fit = rows[cfg.fit_dataset]
     if cfg.threshold is None:
         cal_rows, threshold_rows = split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
@@ -193,6 +214,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
         _y(cal_rows),
     )
     scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
+    profile = identity.pop("prompt_profile", None)
     split = {
         "rule": "seeded split stratified by label (guardcal.posthoc.split_fit_rows)"
         if threshold_rows
@@ -214,6 +236,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
             "split": split,
             "adapter": cfg.adapter,
             **scoring,
+            **({"prompt_profile": profile} if profile else {}),
         },
     )
     metrics: dict[str, dict[str, Any]] = {"before": {}, "after": {}}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 SAFE: Final = "safe"
 UNSAFE: Final = "unsafe"
@@ -12,8 +12,12 @@ LABELS: Final = (SAFE, UNSAFE)
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled input: ``label`` is ``"safe"`` or ``"unsafe"``."""
+    """One labelled input: ``label`` is ``"safe"`` or ``"unsafe"``.
+
+    A conversation row also has ``messages`` (OpenAI-shaped turns); its ``text`` is then the last
+    turn's text, and the prompt profile decides which turn is judged."""
 
     id: str
     text: str
     label: str
+    messages: tuple[dict[str, Any], ...] | None = None

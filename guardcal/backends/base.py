@@ -22,6 +22,9 @@ from guardcal.errors import BackendError
 
 #: The keys of :meth:`ClassifierBackend.identity`, as taken by ``CalibrationBundle.check_compatible``.
 IDENTITY_KEYS = ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")
+#: keys a backend may add: ``prompt_profile`` (the profile's ``describe()``) lets a refused bundle name the
+#: profile field that differs
+OPTIONAL_IDENTITY_KEYS = ("prompt_profile",)
 
 Handler = Callable[[list[str]], Scores | Awaitable[Scores]]
 
@@ -46,8 +49,8 @@ class ClassifierBackend(ABC):
         return True
 
     @abstractmethod
-    async def score(self, texts: list[str]) -> Scores:
-        """Decision-token readings for ``texts`` (one entry per text, same order)."""
+    async def score(self, texts: list[Any]) -> Scores:
+        """Decision-token readings for ``texts`` (one entry per text or ``Conversation``, same order)."""
 
     @abstractmethod
     def identity(self) -> dict[str, Any]:
@@ -57,13 +60,14 @@ class ClassifierBackend(ABC):
 def check_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     """Return ``identity`` as a dict with exactly :data:`IDENTITY_KEYS`; raise BackendError otherwise."""
     missing = [k for k in IDENTITY_KEYS if k not in identity]
-    unknown = sorted(set(identity) - set(IDENTITY_KEYS))
+    unknown = sorted(set(identity) - set(IDENTITY_KEYS) - set(OPTIONAL_IDENTITY_KEYS))
     if missing or unknown:
         raise BackendError(
-            f"backend identity() must return exactly {list(IDENTITY_KEYS)}; missing {missing}, unknown {unknown}; "
-            "fix the backend so the server can check it against the calibration bundle"
+            f"backend identity() must return exactly {list(IDENTITY_KEYS)} "
+            f"(optionally {list(OPTIONAL_IDENTITY_KEYS)}); missing {missing}, unknown {unknown}; fix the backend "
+            "so the server can check it against the calibration bundle"
         )
-    return {k: identity[k] for k in IDENTITY_KEYS}
+    return {k: identity[k] for k in (*IDENTITY_KEYS, *OPTIONAL_IDENTITY_KEYS) if k in identity}
 
 
 def fake_identity(mode: str = "direct", model_id: str = "fake") -> dict[str, Any]:

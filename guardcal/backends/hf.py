@@ -46,7 +46,7 @@ from guardcal.backends.prefix_cache import (
 )
 from guardcal.core.confidence import Scores, from_label_logprobs
 from guardcal.core.labels import LabelSpec
-from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
+from guardcal.core.prompt import THINK_CLOSE, Item, PromptTemplate
 from guardcal.core.windows import (
     DEFAULT_MAX_TOKENS,
     Windowed,
@@ -114,8 +114,8 @@ class HFScorer:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template or PromptTemplate()
-        self.spec = spec or LabelSpec.from_tokenizer(tokenizer)
+        self.template = (template or PromptTemplate()).bind(tokenizer)
+        self.spec = spec or LabelSpec.from_tokenizer(tokenizer, self.template.spec.surfaces())
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
         #: how inputs are split (``core.windows``): windows of ``max_input_tokens`` tokens, capped for serving
@@ -138,19 +138,19 @@ class HFScorer:
         self._stop_criteria: Any = None  # built once: transformers rebuilds it per call (~0.7 s here)
         self._prefix_chars = len(template_prefix(self.template)) if prefix_cache else 0
 
-    def split(self, texts: Sequence[str]) -> list[Windowed]:
+    def split(self, texts: Sequence[Item]) -> list[Windowed]:
         """Each text's windows (``core.windows``); InputTooLongError past ``max_windows``."""
         return split_texts(texts, self.tokenizer, self.windows)
 
-    def prompts(self, texts: Sequence[str]) -> list[str]:
-        """The prompt around each text as given (a window's text, or an input that fits)."""
+    def prompts(self, texts: Sequence[Item]) -> list[str]:
+        """The prompt around each text (or conversation) as given (a window, or an input that fits)."""
         return [self.template.render(t) for t in texts]
 
-    def window_prompts(self, texts: Sequence[str]) -> list[str]:
+    def window_prompts(self, texts: Sequence[Item]) -> list[str]:
         """Every prompt scoring ``texts`` runs: each input's windows, input after input."""
         return self.prompts([w for part in self.split(texts) for w in part.texts])
 
-    def score(self, texts: Sequence[str], progress: bool = False) -> Scored:
+    def score(self, texts: Sequence[Item], progress: bool = False) -> Scored:
         """Score every window of every text; each text reads as its highest-P(unsafe) window
         (``core.windows``), and the result says what was scored. Results keep input order."""
         return self.score_split(self.split(texts), progress)
@@ -169,7 +169,7 @@ class HFScorer:
         pick = decisive(scored.scores.p_unsafe_norm, scored.scores.decided, counts)
         return Scored(scores, [scored.reasoning[i] for i in pick])  # the deciding window's reasoning
 
-    def _score_rows(self, texts: Sequence[str], progress: bool = False) -> Scored:
+    def _score_rows(self, texts: Sequence[Item], progress: bool = False) -> Scored:
         """Score ``texts`` (each rendered as given) in length-sorted batches; results keep input order."""
         prompts = self.prompts(texts)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -190,7 +190,7 @@ class HFScorer:
         merged = Scores.concat(parts)
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[order] = np.arange(len(order))
-        scores = Scores(merged.p_safe[inverse], merged.p_unsafe[inverse])
+        scores = merged.take(inverse)
         if not self.template.reasoning:
             return Scored(scores)
         return Scored(scores, [reasoning[i] for i in inverse])

@@ -58,12 +58,14 @@ class TransformersBackend(ClassifierBackend):
         prefix_cache: bool = True,
         compile: bool = False,  # noqa: A002 - the serve setting's name
         max_windows: int | None = DEFAULT_MAX_WINDOWS,
+        prompt: str | None = None,
     ) -> None:
         from guardcal.backends.precision import resolve_dtype
+        from guardcal.core.profiles import load_profile
 
         self.model, self.adapter, self.dtype = model, adapter, resolve_dtype(dtype)
         self.prefix_cache, self.compile = prefix_cache, compile
-        self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
+        self.template = PromptTemplate.for_profile(load_profile(prompt), reasoning)
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
         self.max_windows = max_windows
@@ -126,6 +128,7 @@ class TransformersBackend(ClassifierBackend):
             "mode": self.template.mode,
             "prompt_fingerprint": self.template.fingerprint(self.scorer.spec.surfaces, self.scorer.windows),
             "label_spec": self.scorer.spec.to_dict(),
+            "prompt_profile": self.template.spec.describe(),
         }
 
     def identity(self) -> dict[str, Any]:

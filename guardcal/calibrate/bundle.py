@@ -202,6 +202,7 @@ class CalibrationBundle:
         prompt_fingerprint: str,
         label_spec: LabelSpec | dict[str, Any],
         mode: str,
+        prompt_profile: dict[str, Any] | None = None,
     ) -> None:
         """Raise CalibrationError naming every field where the running setting differs from the bundle.
 
@@ -209,6 +210,11 @@ class CalibrationBundle:
         ----------
         model_id, adapter_hash, prompt_fingerprint, label_spec, mode
             The running server's setting (``label_spec`` as a LabelSpec or its ``to_dict()``).
+        prompt_profile
+            The running prompt profile's ``describe()``: when the prompt fingerprints differ, the
+            message names the profile fields that differ from the bundle's profile (recorded in
+            ``extra.prompt_profile``; a bundle without it is compared with the built-in profile of
+            the same fingerprint, e.g. the shipped bundle with ``default``).
 
         Raises
         ------
@@ -229,7 +235,45 @@ class CalibrationBundle:
             for name in _CHECKED
             if mine[name] != running[name]
         ]
+        if mine["prompt_fingerprint"] != running["prompt_fingerprint"] and prompt_profile is not None:
+            clauses.append(self._profile_clause(prompt_profile))
         if clauses:
             raise CalibrationError(
-                "; ".join(clauses) + "; re-run guardcal calibrate for this model/adapter/prompt/mode"
+                "; ".join(clauses) + "; re-run guardcal calibrate for this model/adapter/prompt/mode (a new policy "
+                "or prompt profile needs its own calibration before its confidence means anything)"
             )
+
+    def fitted_profile(self) -> dict[str, Any] | None:
+        """The prompt profile the bundle was fitted with (``extra.prompt_profile``), else the built-in profile
+        whose fingerprint it carries (bundles written before profiles: the default), else None."""
+        if isinstance(self.extra.get("prompt_profile"), dict):
+            return dict(self.extra["prompt_profile"])
+        from guardcal.core.profiles import builtin_names, load_profile
+        from guardcal.core.prompt import PromptTemplate
+        from guardcal.core.windows import WindowPolicy
+
+        windows = WindowPolicy(self.extra.get("max_input_tokens") or 1024)
+        surfaces = tuple(self.label_spec.get("surfaces", ()))
+        for name in builtin_names():
+            profile = load_profile(name)
+            try:
+                template = PromptTemplate(self.mode, profile=profile)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - a built-in without this mode is not the one
+                continue
+            if template.fingerprint(surfaces, windows) == self.prompt_fingerprint:
+                return profile.describe()
+        return None
+
+    def _profile_clause(self, running: dict[str, Any]) -> str:
+        from guardcal.core.profiles import differing_fields
+
+        fitted = self.fitted_profile()
+        if fitted is None:
+            return f"the server runs prompt profile {running.get('name')!r}, and the bundle does not say which it had"
+        diff = [d for d in differing_fields(fitted, running) if d != "name"]
+        what = (
+            f"prompt profile field(s) {', '.join(diff)} differ"
+            if diff
+            else "the prompt profiles are the same, so the label words, mode or window policy differ"
+        )
+        return f"{what} (bundle: profile {fitted.get('name')!r}, server: profile {running.get('name')!r})"

@@ -13,13 +13,16 @@ Definitions (arXiv 2601.13284):
   fail closed);
 - ``confidence``: the probability of the predicted label's decision token
   over the full vocabulary (the paper's confidence, top-label);
-- ``logit``: ``log p_unsafe - log p_safe`` (the two-label logit).
+- ``logit``: ``log p_unsafe - log p_safe`` (the two-label logit);
+- ``p_escalate``: probability of the decision token of a profile's third word
+  meaning "escalate" (e.g. Qwen3Guard's "Controversial"), None without one;
+  ``escalate_top`` says where it beats both labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -36,10 +39,26 @@ class Scores:
 
     p_safe: FloatArray
     p_unsafe: FloatArray
+    p_escalate: FloatArray | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.p_safe.shape != self.p_unsafe.shape or self.p_safe.ndim != 1:
             raise ValueError("p_safe and p_unsafe must be 1-D arrays of equal length")
+        if self.p_escalate is not None and self.p_escalate.shape != self.p_safe.shape:
+            raise ValueError("p_escalate must have one entry per input")
+
+    @property
+    def escalate_top(self) -> npt.NDArray[np.bool_]:
+        """True where the escalate word is more likely than both labels (never without one)."""
+        if self.p_escalate is None:
+            return np.zeros(self.p_safe.shape, dtype=bool)
+        return self.p_escalate > np.maximum(self.p_safe, self.p_unsafe)
+
+    def take(self, index: npt.ArrayLike) -> Scores:
+        """The readings at ``index`` (plain Scores)."""
+        i = np.asarray(index, dtype=np.int64)
+        esc = None if self.p_escalate is None else self.p_escalate[i]
+        return Scores(self.p_safe[i], self.p_unsafe[i], p_escalate=esc)
 
     def __len__(self) -> int:
         return int(self.p_safe.shape[0])
@@ -85,9 +104,13 @@ class Scores:
     def concat(cls, parts: list[Scores]) -> Scores:
         if not parts:
             return cls(np.zeros(0), np.zeros(0))
+        esc = None
+        if any(p.p_escalate is not None for p in parts):
+            esc = np.concatenate([p.p_escalate if p.p_escalate is not None else np.zeros(len(p)) for p in parts])
         return cls(
             np.concatenate([p.p_safe for p in parts]),
             np.concatenate([p.p_unsafe for p in parts]),
+            p_escalate=esc,
         )
 
 
@@ -103,8 +126,11 @@ def from_label_logprobs(label_logprobs: npt.ArrayLike, spec: LabelSpec) -> Score
     if lp.ndim != 2 or lp.shape[1] != n_ids:
         raise ValueError(f"expected shape (batch, {n_ids}), got {lp.shape}")
     probs = np.exp(lp)
-    n_safe = len(spec.ids_for(SAFE))
-    return Scores(p_safe=probs[:, :n_safe].sum(axis=1), p_unsafe=probs[:, n_safe:].sum(axis=1))
+    n_safe, n_unsafe = len(spec.ids_for(SAFE)), len(spec.ids_for(UNSAFE))
+    esc = probs[:, n_safe + n_unsafe :].sum(axis=1) if len(spec.labels) > 2 else None
+    return Scores(
+        p_safe=probs[:, :n_safe].sum(axis=1), p_unsafe=probs[:, n_safe : n_safe + n_unsafe].sum(axis=1), p_escalate=esc
+    )
 
 
 def from_logits(logits: npt.ArrayLike, spec: LabelSpec) -> Scores:

@@ -5,6 +5,11 @@ The decision token of a label is the first token of its surface text
 their probabilities are summed by the confidence reader. Two labels that
 share a first token cannot be told apart at the decision position, so
 resolution fails loudly.
+
+A prompt profile may add a third word meaning ``escalate`` (Qwen3Guard's
+"Controversial"): its probability is read beside the two labels
+(``Scores.p_escalate``) and a decision where it is the most likely word is
+escalated; calibration still reads P(unsafe) over the two labels.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from guardcal.errors import LabelSpecError
 from guardcal.types import SAFE, UNSAFE
 
 DEFAULT_SURFACES: Mapping[str, str] = {SAFE: "Safe", UNSAFE: "Unsafe"}
+ESCALATE = "escalate"
 
 
 class _Tokenizer(Protocol):
@@ -42,21 +48,23 @@ class LabelSpec:
         surfaces: Mapping[str, str] = DEFAULT_SURFACES,
     ) -> LabelSpec:
         """Resolve decision-token ids for ``tokenizer``; fail on ambiguity."""
-        if set(surfaces) != {SAFE, UNSAFE}:
+        if set(surfaces) not in ({SAFE, UNSAFE}, {SAFE, UNSAFE, ESCALATE}):
             raise LabelSpecError(
-                f"label surfaces must map exactly {SAFE!r} and {UNSAFE!r}, got "
+                f"label surfaces must map exactly {SAFE!r} and {UNSAFE!r} (and optionally {ESCALATE!r}), got "
                 f"{sorted(surfaces)}; pass e.g. {{'safe': 'Safe', 'unsafe': 'Unsafe'}}"
             )
-        labels = (SAFE, UNSAFE)
+        labels = tuple(x for x in (SAFE, UNSAFE, ESCALATE) if x in surfaces)
         ids = tuple(_first_token_ids(tokenizer, surfaces[label]) for label in labels)
-        shared = set(ids[0]) & set(ids[1])
-        if shared:
-            raise LabelSpecError(
-                f"labels {surfaces[SAFE]!r} and {surfaces[UNSAFE]!r} share first "
-                f"token id(s) {sorted(shared)} in this tokenizer, so the decision "
-                "token cannot tell them apart; choose label strings whose first "
-                "tokens differ (e.g. 'Safe'/'Unsafe', 'Yes'/'No')"
-            )
+        for i in range(len(labels)):
+            for j in range(i + 1, len(labels)):
+                shared = set(ids[i]) & set(ids[j])
+                if shared:
+                    raise LabelSpecError(
+                        f"labels {surfaces[labels[i]]!r} and {surfaces[labels[j]]!r} share first "
+                        f"token id(s) {sorted(shared)} in this tokenizer, so the decision "
+                        "token cannot tell them apart; choose label strings whose first "
+                        "tokens differ (e.g. 'Safe'/'Unsafe', 'Yes'/'No')"
+                    )
         return cls(labels=labels, surfaces=tuple(surfaces[x] for x in labels), token_ids=ids)
 
     @property

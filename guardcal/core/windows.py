@@ -10,6 +10,9 @@ calibrate, training evaluation, both serving backends) splits an input with
   the last one ending at the input's last token, so every token is read and every run of up to
   ``overlap + 1`` tokens sits whole inside some window. Each window's tokens are decoded back to
   text and rendered into the same prompt as a short input.
+- A conversation (``core.conversation``) is windowed on its judged turn only: each window is the
+  judged turn's text for that window, shown after the same context turns (which are never split:
+  the server's character limit bounds them).
 - The input's reading is the reading of its deciding window (:func:`decisive`): the window with
   the highest P(unsafe), so any window over the threshold decides "unsafe". Serving takes that
   maximum on the *calibrated* P(unsafe); evaluation and calibration on the raw one.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -121,9 +124,11 @@ class WindowPolicy:
 
 @dataclass(frozen=True)
 class Windowed:
-    """One input as scored: its window texts (the input itself when it fits) and its token count."""
+    """One input as scored: its windows (the input itself when it fits) and its token count.
 
-    texts: tuple[str, ...]
+    For a conversation each window is the conversation with its judged turn cut to that window."""
+
+    texts: tuple[Any, ...]
     input_tokens: int
 
 
@@ -131,18 +136,21 @@ def _ids(text: str, tokenizer: Any) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def split_text(text: str, tokenizer: Any, policy: WindowPolicy, index: int | None = None) -> Windowed:
-    """The windows of ``text``; InputTooLongError when it needs more than ``policy.max_windows``."""
-    ids = _ids(text, tokenizer)
+def split_text(text: Any, tokenizer: Any, policy: WindowPolicy, index: int | None = None) -> Windowed:
+    """The windows of ``text`` (a string, or a conversation: its judged turn is what is split);
+    InputTooLongError when it needs more than ``policy.max_windows``."""
+    judged = text if isinstance(text, str) else text.text
+    ids = _ids(judged, tokenizer)
     spans = policy.spans(len(ids))
     if len(spans) == 1:
         return Windowed((text,), len(ids))
     if policy.max_windows is not None and len(spans) > policy.max_windows:
         raise policy.refuse(len(ids), index)
-    return Windowed(tuple(str(tokenizer.decode(ids[s:e])) for s, e in spans), len(ids))
+    parts = [str(tokenizer.decode(ids[s:e])) for s, e in spans]
+    return Windowed(tuple(parts if isinstance(text, str) else [text.with_text(p) for p in parts]), len(ids))
 
 
-def split_texts(texts: Sequence[str], tokenizer: Any, policy: WindowPolicy) -> list[Windowed]:
+def split_texts(texts: Sequence[Any], tokenizer: Any, policy: WindowPolicy) -> list[Windowed]:
     """:func:`split_text` for each text; the error names the first text over the cap by its index."""
     return [split_text(t, tokenizer, policy, index=i) for i, t in enumerate(texts)]
 
@@ -188,6 +196,7 @@ class WindowedScores(Scores):
     windows: npt.NDArray[np.int64]
     window_p_safe: FloatArray
     window_p_unsafe: FloatArray
+    window_p_escalate: FloatArray | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,12 +218,22 @@ class WindowedScores(Scores):
             return cls(empty, empty, tokens, sizes, empty, empty)
         pick = decisive(window_scores.p_unsafe_norm, window_scores.decided, sizes)
         ws = window_scores
-        return cls(ws.p_safe[pick], ws.p_unsafe[pick], tokens, sizes, ws.p_safe, ws.p_unsafe)
+        esc = ws.p_escalate
+        return cls(
+            ws.p_safe[pick],
+            ws.p_unsafe[pick],
+            tokens,
+            sizes,
+            ws.p_safe,
+            ws.p_unsafe,
+            p_escalate=None if esc is None else esc[pick],
+            window_p_escalate=esc,
+        )
 
     @property
     def window_scores(self) -> Scores:
         """Every window's reading, input after input."""
-        return Scores(self.window_p_safe, self.window_p_unsafe)
+        return Scores(self.window_p_safe, self.window_p_unsafe, p_escalate=self.window_p_escalate)
 
     @property
     def offsets(self) -> npt.NDArray[np.int64]:
@@ -232,4 +251,6 @@ class WindowedScores(Scores):
             self.windows[start:end],
             self.window_p_safe[lo:hi],
             self.window_p_unsafe[lo:hi],
+            p_escalate=None if self.p_escalate is None else self.p_escalate[start:end],
+            window_p_escalate=None if self.window_p_escalate is None else self.window_p_escalate[lo:hi],
         )

@@ -16,6 +16,9 @@ Dataset keys (see :data:`DATASET_KEYS` and :func:`describe_datasets`):
   surrounding spaces ignored); ``id`` is used when present, else the 1-based
   line number (JSONL) or data-row number (CSV, header not counted). Other
   columns are ignored. ``PATH`` is relative to the current directory.
+  A JSONL line may give ``messages`` (OpenAI chat shape: a list of
+  ``{"role": "user"|"assistant", "content": text}``) instead of ``text``: a
+  conversation, whose judged turn the prompt profile picks (``core.profiles``).
 
 Every error is a :class:`~guardcal.errors.DataError` naming the file, the
 1-based line/row and the fix.
@@ -169,17 +172,21 @@ def load_jsonl(path: str | Path) -> list[Example]:
     seen: dict[str, str] = {}
     for line_no, record in _iter_jsonl(path):
         where = f"{path}: line {line_no}"
-        for field in ("text", "label"):
+        if "text" in record and "messages" in record:
+            raise DataError(f"{where}: give either 'text' or 'messages' (a conversation), not both")
+        for field in ("text" if "messages" not in record else "messages", "label"):
             if field not in record:
                 raise DataError(
-                    f"{where}: missing field {field!r}; every line needs 'text' and 'label' fields ('id' is optional)"
+                    f"{where}: missing field {field!r}; every line needs 'text' (or 'messages') and 'label' fields "
+                    "('id' is optional)"
                 )
         raw_id = _check_id(record["id"], where) if "id" in record else str(line_no)
-        text = _check_text(record["text"], where, "text")
+        messages = _check_messages(record["messages"], where) if "messages" in record else None
+        text = _check_text(messages[-1]["content"] if messages else record["text"], where, "text")
         _append_unique(
             examples,
             seen,
-            Example(raw_id, text, _parse_label(record["label"], where)),
+            Example(raw_id, text, _parse_label(record["label"], where), messages),
             where,
         )
     return examples
@@ -331,6 +338,16 @@ def _check_text(value: object, where: str, column: str) -> str:
             f"{where}: empty or whitespace-only text in {column!r} (got {value!r}); fill in the text or remove the row"
         )
     return value
+
+
+def _check_messages(value: object, where: str) -> tuple[dict[str, Any], ...]:
+    from guardcal.core.conversation import ConversationError, parse_turns
+
+    try:
+        turns = parse_turns(value, "messages")  # type: ignore[arg-type]
+    except ConversationError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    return tuple({"role": t.role, "content": t.content} for t in turns)
 
 
 def _check_id(value: object, where: str) -> str:

@@ -46,6 +46,9 @@ def document_limits(schema: dict[str, Any], settings: ServeSettings) -> dict[str
     if "inputs" in fields:
         fields["inputs"]["maxItems"] = settings.max_batch
         fields["inputs"]["items"] = {"type": "string", "maxLength": settings.max_input_chars}
+    message = schema.get("components", {}).get("schemas", {}).get("Message", {}).get("properties", {})
+    if "content" in message:  # all turns together are limited too (413): a sum JSON schema cannot state
+        message["content"]["maxLength"] = settings.max_input_chars
     return schema
 
 

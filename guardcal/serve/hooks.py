@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from guardcal import __version__
+from guardcal.core.conversation import Conversation
 from guardcal.serve.errors import HookDeliveryError, StartupError
 from guardcal.serve.policy import Decision
 from guardcal.serve.settings import ServeSettings
@@ -71,7 +72,7 @@ def escalation_payload(
     verdict_id: str,
     decision: Decision,
     *,
-    text: str,
+    text: str | Conversation,
     p_unsafe_raw: float | None,
     context: Mapping[str, Any],
     redact: bool,
@@ -81,7 +82,9 @@ def escalation_payload(
 
     ``context`` holds ``request_id``, ``metadata``, ``mode``, ``thresholds``, ``model``,
     ``model_version`` and ``policy_version``. Probabilities are plain floats (None when the
-    decision failed closed); with ``redact`` the input is replaced by its sha256.
+    decision failed closed); with ``redact`` the input is replaced by its sha256. A conversation
+    (``messages`` request) is carried as ``messages`` (the turns up to the judged one, which is last)
+    and ``judged_role``; redacted, as ``messages_sha256`` (``Conversation.sha256``) and ``judged_role``.
     ``scored`` says what the model read (``serve.readings``): ``input_tokens``, ``windows`` (how
     many windows the input was scored as, every one of them), ``decisive_window`` (the one whose
     calibrated P(unsafe) decided, 0-based) and ``window_p_unsafe_raw`` (each window's raw P(unsafe));
@@ -103,7 +106,13 @@ def escalation_payload(
         "guardcal_version": __version__,
     }
     payload.update(context)
-    if redact:
+    if isinstance(text, Conversation):
+        payload["judged_role"] = text.judged.role
+        if redact:
+            payload["messages_sha256"] = text.sha256()
+        else:
+            payload["messages"] = text.to_messages()
+    elif redact:
         payload["input_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     else:
         payload["input"] = text

@@ -5,6 +5,8 @@
   predict unsafe, as everywhere in guardcal.
 - No decision token, a backend error or a timeout: ``fail_action`` (``escalate`` by default,
   or ``block``) with the label ``unsafe``. ``allow`` is never a fail action.
+- The prompt profile's escalate word (e.g. Qwen3Guard's "Controversial") more likely than both
+  labels: ``escalate`` (reason ``escalate_label``) whatever the confidence.
 - Shadow mode: the response says ``allow`` whatever happens, while ``policy_action`` (what
   enforce mode would have answered) is what gets counted, logged and escalated.
 """
@@ -23,7 +25,9 @@ from guardcal.serve.protocol import Action, Label
 
 FailAction = Literal["escalate", "block"]
 ServeMode = Literal["enforce", "shadow"]
-Reason = Literal["confident", "low_confidence", "undecided", "backend_error", "timeout", "not_stored"]
+Reason = Literal[
+    "confident", "low_confidence", "escalate_label", "undecided", "backend_error", "timeout", "not_stored"
+]
 FAIL_ACTIONS: tuple[FailAction, ...] = ("escalate", "block")
 
 
@@ -83,8 +87,10 @@ def decide_batch(
     *,
     mode: ServeMode = "enforce",
     fail_action: FailAction = "escalate",
+    escalate: ArrayLike | None = None,
 ) -> list[Decision]:
-    """Decide a batch; ``decided[i]`` False (no decision token) fails closed as undecided."""
+    """Decide a batch; ``decided[i]`` False (no decision token) fails closed as undecided; ``escalate[i]``
+    True (the profile's escalate word won) escalates."""
     _check(mode, fail_action)
     p = np.asarray(p_unsafe, dtype=np.float64).reshape(-1)
     has_token = np.asarray(decided, dtype=bool).reshape(-1)
@@ -95,13 +101,14 @@ def decide_batch(
     auto = np.zeros(p.shape, dtype=bool)
     if ok.any():
         auto[ok] = thresholds.auto_mask(p[ok])
+    flagged = np.zeros(p.shape, dtype=bool) if escalate is None else np.asarray(escalate, dtype=bool).reshape(-1)
     out: list[Decision] = []
-    for value, usable, automatic in zip(p.tolist(), ok.tolist(), auto.tolist(), strict=True):
+    for value, usable, automatic, esc in zip(p.tolist(), ok.tolist(), auto.tolist(), flagged.tolist(), strict=True):
         if not usable or math.isnan(value):
             out.append(fail_closed("undecided", mode=mode, fail_action=fail_action))
             continue
         label: Label = "unsafe" if value >= 0.5 else "safe"
-        policy_action: Action = ("block" if label == "unsafe" else "allow") if automatic else "escalate"
-        reason: Reason = "confident" if automatic else "low_confidence"
+        policy_action: Action = ("block" if label == "unsafe" else "allow") if automatic and not esc else "escalate"
+        reason: Reason = "escalate_label" if esc else "confident" if automatic else "low_confidence"
         out.append(Decision(label, _shown(policy_action, mode), policy_action, reason, value))
     return out

@@ -35,22 +35,45 @@ def _check_unicode(text: str, what: str) -> None:
         ) from None
 
 
-#: the JSON-schema form of "exactly one of input / inputs" (what ``_one_of`` enforces)
+#: the JSON-schema form of "exactly one of input / inputs / messages" (what ``_one_of`` enforces)
 ONE_OF_INPUT = {
     "oneOf": [
         {"required": ["input"], "properties": {"input": {"type": "string"}}},
         {"required": ["inputs"], "properties": {"inputs": {"type": "array"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
     ]
 }
+MAX_MESSAGES = 64
+
+
+class Message(_Strict):
+    """One turn of a conversation (OpenAI chat shape)."""
+
+    # a str checked by the prompt profile (its 422 names the fix), documented as the enum it accepts
+    role: str = Field(description="'user' or 'assistant'", json_schema_extra={"enum": ["user", "assistant"]})
+    content: str = Field(description="the turn's text")
+
+    @field_validator("content")
+    @classmethod
+    def _content_unicode(cls, value: str) -> str:
+        _check_unicode(value, "a message's content")
+        return value
 
 
 class ClassifyRequest(_Strict):
-    """``input`` (one text) or ``inputs`` (a batch), never both."""
+    """``input`` (one text), ``inputs`` (a batch) or ``messages`` (one conversation): exactly one of them."""
 
     model_config = ConfigDict(json_schema_extra=ONE_OF_INPUT)
 
     input: str | None = Field(None, description="one text to classify")
     inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_batch)")
+    messages: list[Message] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description="one conversation (role/content turns); the prompt profile says which turn is judged "
+        "(e.g. the last assistant turn) and shows the earlier turns as context",
+    )
     request_id: str | None = Field(
         None, max_length=128, pattern=REQUEST_ID_PATTERN, description="caller's id, echoed back and sent to hooks"
     )
@@ -66,8 +89,12 @@ class ClassifyRequest(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
-        if (self.input is None) == (self.inputs is None):
-            raise ValueError("give exactly one of 'input' (a string) or 'inputs' (a list of strings)")
+        given = [name for name in ("input", "inputs", "messages") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'input' (a string), 'inputs' (a list of strings) or 'messages' (a conversation: "
+                f"a list of {{'role', 'content'}} turns); got {' and '.join(given) if given else 'none of them'}"
+            )
         return self
 
     @field_validator("input")
@@ -105,7 +132,14 @@ class ClassifyRequest(_Strict):
         return self.inputs is not None
 
     def texts(self) -> list[str]:
+        """The texts of ``input``/``inputs`` (empty for ``messages``: see :meth:`turns`)."""
+        if self.messages is not None:
+            return []
         return list(self.inputs) if self.inputs is not None else [self.input or ""]
+
+    def turns(self) -> list[dict[str, str]] | None:
+        """``messages`` as plain dicts, or None."""
+        return None if self.messages is None else [m.model_dump() for m in self.messages]
 
 
 class Verdict(_Strict):

@@ -32,6 +32,8 @@ class Readings:
     p_cal: NDArray[np.float64]
     decided: NDArray[np.bool_]
     scored: list[dict[str, Any] | None]
+    #: the profile's escalate word (e.g. "Controversial") beat both labels in the deciding window
+    escalate: NDArray[np.bool_] | None = None
 
 
 def _check(scores: Scores) -> None:
@@ -48,7 +50,7 @@ def readings(scores: Scores, n: int, calibrator: Calibrator | None) -> Readings:
     if not isinstance(scores, WindowedScores):
         p_raw = np.asarray(scores.p_unsafe_norm, dtype=np.float64)
         p_cal = np.asarray(calibrator.predict(p_raw) if calibrator is not None else p_raw, dtype=np.float64)
-        return Readings(p_raw, p_cal, np.asarray(scores.decided, dtype=bool), [None] * n)
+        return Readings(p_raw, p_cal, np.asarray(scores.decided, dtype=bool), [None] * n, scores.escalate_top)
     every = scores.window_scores
     _check(every)
     w_raw = np.asarray(every.p_unsafe_norm, dtype=np.float64)
@@ -66,4 +68,4 @@ def readings(scores: Scores, n: int, calibrator: Calibrator | None) -> Readings:
                 "window_p_unsafe_raw": [float(p) for p in w_raw[start : start + count]],
             }
         )
-    return Readings(w_raw[pick], w_cal[pick], w_decided[pick], scored)
+    return Readings(w_raw[pick], w_cal[pick], w_decided[pick], scored, every.escalate_top[pick])

@@ -11,7 +11,9 @@ setting (413 input length, 422 batch size) are checked here. Status codes of ``/
 - 413 an input over ``max_input_chars`` (or a body over the size any valid request needs), or one
   longer than ``max_windows`` scoring windows of ``max_input_tokens`` tokens (long inputs are scored
   whole, as overlapping windows: never cut);
-- 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``;
+- 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``; more than one of
+  ``input``/``inputs``/``messages``; ``messages`` with an unknown role, no turn of the role the prompt
+  profile judges, or sent to a profile without a conversation layout;
 - 429 (``Retry-After: 1``) the bounded queue is full; 503 (``Retry-After: 5``) not serving (starting,
   draining, model worker stopped), or an escalation that could not be stored by the deadline while
   ``fail_action`` is ``escalate`` (with ``block`` that input is answered ``block``).
@@ -26,6 +28,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from guardcal.core.conversation import Conversation, ConversationError
 from guardcal.serve.deps import CallerDep, ServiceDep, SettingsDep, require_scope
 from guardcal.serve.handlers import RETRY_AFTER_NOT_READY_S, ApiError
 from guardcal.serve.protocol import (
@@ -43,8 +46,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def check_limits(texts: list[str], settings: ServeSettings) -> None:
-    """422 for a batch over ``max_batch``, 413 for an input over ``max_input_chars``."""
+def conversation_of(body: ClassifyRequest, settings: ServeSettings) -> Conversation:
+    """The request's conversation cut at the profile's judged turn; 422 naming the problem and the fix."""
+    try:
+        return settings.profile().judged(body.turns())
+    except ConversationError as exc:
+        raise ApiError(422, f"invalid request: {exc}") from None
+
+
+def check_limits(texts: list[Any], settings: ServeSettings) -> None:
+    """422 for a batch over ``max_batch``, 413 for an input (or a conversation, all turns) over ``max_input_chars``."""
     if len(texts) > settings.max_batch:
         raise ApiError(
             422,
@@ -53,9 +64,10 @@ def check_limits(texts: list[str], settings: ServeSettings) -> None:
         )
     for i, text in enumerate(texts):
         if len(text) > settings.max_input_chars:
+            what = "the conversation's turns are" if isinstance(text, Conversation) else f"input {i} is"
             raise ApiError(
                 413,
-                f"input {i} is {len(text)} characters long; the limit is {settings.max_input_chars} "
+                f"{what} {len(text)} characters long; the limit is {settings.max_input_chars} "
                 "(GUARDCAL_MAX_INPUT_CHARS); shorten it",
             )
 
@@ -74,9 +86,9 @@ async def classify(
     request: Request,
     response: Response,
 ) -> ClassifyResponse | BatchClassifyResponse:
-    """Label and action for ``input`` (one text) or ``inputs`` (a batch)."""
+    """Label and action for ``input`` (one text), ``inputs`` (a batch) or ``messages`` (a conversation)."""
     require_scope(request, caller)
-    texts = body.texts()
+    texts: list[Any] = [conversation_of(body, settings)] if body.messages is not None else body.texts()
     check_limits(texts, settings)
     verdicts = await service.classify(texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope)
     response.headers["Cache-Control"] = "no-store"

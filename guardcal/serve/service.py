@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guardcal.backends.base import ClassifierBackend, check_identity
+from guardcal.backends.base import IDENTITY_KEYS, ClassifierBackend, check_identity
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
 from guardcal.core.confidence import Scores
@@ -211,7 +211,7 @@ class GuardService:
         except (CalibrationError, BackendError) as exc:
             await self.backend.aclose()
             raise StartupError(f"refusing to start: the calibration bundle does not fit the backend: {exc}") from None
-        self.model_version = _digest("m-", self.identity)
+        self.model_version = _digest("m-", {k: self.identity[k] for k in IDENTITY_KEYS})
         calibration = None if self.bundle is None else {"method": self.bundle.method, "params": self.bundle.params}
         policy = {"calibration": calibration, "thresholds": self.thresholds.to_dict()}
         self.policy_version = _digest("p-", {**policy, "mode": self.settings.mode, "fail": self.settings.fail_action})
@@ -326,7 +326,9 @@ class GuardService:
             _audit.debug("backend failure %s", type(exc).__name__, exc_info=not self.settings.redact_input)
             return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n, [None] * n
         self.failures_in_a_row = 0
-        decisions = decide_batch(read.p_cal, read.decided, self.thresholds, mode=mode, fail_action=fail)
+        decisions = decide_batch(
+            read.p_cal, read.decided, self.thresholds, mode=mode, fail_action=fail, escalate=read.escalate
+        )
         raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(read.p_raw, decisions, strict=True)]
         return decisions, raw, read.scored
 

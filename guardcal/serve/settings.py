@@ -117,6 +117,11 @@ class ServeSettings(BaseSettings):
     model: str = Field("default", description="base model: 'default', a folder or a Hugging Face id")
     adapter: str | None = Field(None, description="PEFT adapter folder (or 'default')")
     reasoning: bool = Field(False, description="prompt mode the backend runs: reasoning instead of direct")
+    prompt: str = Field(
+        "default",
+        description="prompt profile: a built-in name (`guardcal prompts`) or a YAML file; the bundle must have been "
+        "calibrated with the same profile (validated before the model loads)",
+    )
     max_new_tokens: int = Field(
         DEFAULT_REASONING_BUDGET, ge=1, le=32_768, description="reasoning mode: most reasoning tokens before the label"
     )
@@ -296,6 +301,24 @@ class ServeSettings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_profile(cls, value: str) -> str:
+        """Loaded and validated here, before any model loads."""
+        from guardcal.core.profiles import load_profile
+
+        try:
+            load_profile(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def profile(self) -> Any:
+        """The validated prompt profile (``core.profiles.PromptProfile``)."""
+        from guardcal.core.profiles import load_profile
+
+        return load_profile(self.prompt)
+
     @field_validator("bundle")
     @classmethod
     def _bundle_exists(cls, value: str | None) -> str | None:
@@ -348,7 +371,17 @@ class ServeSettings(BaseSettings):
                 self.reasoning = setup.reasoning
             if "max_new_tokens" not in explicit and setup.reasoning:
                 self.max_new_tokens = setup.max_new_tokens
+        from guardcal.core.profiles import content_sha, load_profile
+
         fits = self.model == DEFAULT_MODEL and self.adapter == setup.adapter and self.reasoning == setup.reasoning
+        same_prompt = content_sha(load_profile(self.prompt)) == content_sha(load_profile("default"))
+        if fits and not same_prompt and "bundle" not in explicit:
+            raise ValueError(
+                f"the shipped calibration bundle was fitted with the default prompt profile, but this server runs "
+                f"prompt profile {self.prompt!r}: its confidences mean nothing under another policy. Calibrate for "
+                "this profile (guardcal calibrate --prompt ... --output bundle.json) and pass --bundle bundle.json, "
+                "or serve uncalibrated on purpose with --bundle none --escalate-below P"
+            )
         if not fits and "bundle" not in explicit:
             mode = "reasoning" if self.reasoning else "direct"
             raise ValueError(

@@ -81,7 +81,9 @@ class CalibrationEvalCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            scores = scorer.score([e.text for e in self.examples]).scores
+            spec = scorer.template.spec
+            items = [spec.judged(e.messages) if e.messages else e.text for e in self.examples]
+            scores = scorer.score(items).scores
         finally:
             model.train(was_training)
         y = np.array([e.label == UNSAFE for e in self.examples], dtype=np.int64)

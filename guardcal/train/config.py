@@ -52,6 +52,11 @@ class TrainConfig:
         "of a fresh LoRA; the adapter's own rank, alpha and targets then apply (the lora_* fields are ignored)",
     )
     profile: str = _f("cpu-small", f"hyper-parameter profile: {PROFILES}; explicit fields override it")
+    prompt: str = _f(
+        "default",
+        "prompt profile (policy, label words, layout): a built-in name (`guardcal prompts`) or a YAML file; "
+        "evaluate, calibrate and serve the adapter with the same profile",
+    )
     data_dir: str | None = _f(None, "data root (default: $GUARDCAL_DATA_DIR)")
     train_dataset: str = _f("openai-moderation:train", "training set (any guardcal dataset key)")
     eval_dataset: str = _f("openai-moderation:calib", "validation slice for the evaluation callback")
@@ -141,6 +146,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for anything that would fail later, before a model is loaded."""
+        from guardcal.core.profiles import load_profile
+
+        load_profile(self.prompt)
         _choice("method", self.method, METHODS)
         _choice("profile", self.profile, PROFILES)
         _choice("advantage", self.advantage, ADVANTAGES)

@@ -32,10 +32,20 @@ def truncate(text: str, tokenizer: Any, max_tokens: int) -> str:
     return first_window(text, tokenizer, max_tokens)
 
 
-def decision_token_id(tokenizer: Any, spec: LabelSpec, label: str) -> int:
-    """The token SFT teaches after ``Classification:``: the first token of ' <Label>'."""
-    surface = spec.surfaces[spec.labels.index(label)]
-    return int(tokenizer.encode(" " + surface, add_special_tokens=False)[0])
+def decision_token_id(tokenizer: Any, spec: LabelSpec, label: str, template: PromptTemplate | None = None) -> int:
+    """The token SFT teaches at the decision position: the first token of ' <Label>' after a prefix such as
+    ``Classification:`` (the profile's ``decision_surface``: the bare word after whitespace)."""
+    word = spec.surfaces[spec.labels.index(label)]
+    surface = template.spec.decision_surface(word) if template is not None else " " + word
+    return int(tokenizer.encode(surface, add_special_tokens=False)[0])
+
+
+def _item(ex: Example, tokenizer: Any, template: PromptTemplate, max_tokens: int) -> Any:
+    """A row's text (first window), or its conversation with the judged turn cut to the first window."""
+    if not ex.messages:
+        return truncate(ex.text, tokenizer, max_tokens)
+    conv = template.spec.judged(ex.messages, f"example {ex.id!r}: messages")
+    return conv.with_text(truncate(conv.text, tokenizer, max_tokens))
 
 
 def sft_rows(
@@ -45,19 +55,21 @@ def sft_rows(
     rows = []
     for ex in examples:
         prompt_ids = tokenizer.encode(
-            template.render(truncate(ex.text, tokenizer, max_tokens)), add_special_tokens=False
+            template.render(_item(ex, tokenizer, template, max_tokens)), add_special_tokens=False
         )
-        ids = prompt_ids + [decision_token_id(tokenizer, spec, ex.label)]
+        ids = prompt_ids + [decision_token_id(tokenizer, spec, ex.label, template)]
         rows.append({"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1]})
     return rows
 
 
-def sft_class_weights(examples: list[Example], tokenizer: Any, spec: LabelSpec) -> dict[int, float]:
+def sft_class_weights(
+    examples: list[Example], tokenizer: Any, spec: LabelSpec, template: PromptTemplate | None = None
+) -> dict[int, float]:
     """Decision-token id → loss weight, the inverse of its label's share (mean weight over the rows = 1)."""
     n = len(examples)
     counts = {label: sum(e.label == label for e in examples) for label in LABELS}
     return {
-        decision_token_id(tokenizer, spec, label): n / (len(LABELS) * count)
+        decision_token_id(tokenizer, spec, label, template): n / (len(LABELS) * count)
         for label, count in counts.items()
         if count
     }
@@ -67,4 +79,4 @@ def grpo_rows(
     examples: list[Example], tokenizer: Any, template: PromptTemplate, max_tokens: int
 ) -> list[dict[str, Any]]:
     """Plain-text prompts with the gold label as a column (reward functions receive it)."""
-    return [{"prompt": template.render(truncate(e.text, tokenizer, max_tokens)), "label": e.label} for e in examples]
+    return [{"prompt": template.render(_item(e, tokenizer, template, max_tokens)), "label": e.label} for e in examples]

@@ -11,6 +11,7 @@ from typing import Any
 from guardcal import __version__
 from guardcal.core.decision import DecisionParser
 from guardcal.core.labels import LabelSpec
+from guardcal.core.profiles import load_profile
 from guardcal.core.prompt import PromptTemplate
 from guardcal.data.datasets import load_dataset, write_split_manifest
 from guardcal.errors import ConfigError
@@ -76,8 +77,8 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
             task_type="CAUSAL_LM",
         )
     )
-    spec = LabelSpec.from_tokenizer(tokenizer)
-    template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
+    template = PromptTemplate.for_profile(load_profile(cfg.prompt), cfg.reasoning).bind(tokenizer)
+    spec = LabelSpec.from_tokenizer(tokenizer, template.spec.surfaces())
     examples = load_dataset(cfg.train_dataset, cfg.data_dir)
     check_trainable(examples, cfg.train_dataset)
     if cfg.method == "sft":
@@ -88,7 +89,9 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
         rows = sft_rows(examples, tokenizer, spec, template, cfg.max_input_tokens)
         args = SFTConfig(**_common_args(cfg), completion_only_loss=True, max_length=None, packing=False)
         return DecisionSFTTrainer(
-            class_weights=sft_class_weights(examples, tokenizer, spec) if cfg.class_balance == "weight" else None,
+            class_weights=sft_class_weights(examples, tokenizer, spec, template)
+            if cfg.class_balance == "weight"
+            else None,
             model=model,
             args=args,
             train_dataset=Dataset.from_list(rows),
@@ -159,7 +162,7 @@ def run_training(cfg: TrainConfig) -> Path:
 
         model = PeftModel.from_pretrained(model, str(check_adapter_dir(cfg.adapter)), is_trainable=True)
     log = JsonlLog(out / "log.jsonl")
-    template = PromptTemplate(mode="reasoning" if cfg.reasoning else "direct")
+    template = PromptTemplate.for_profile(load_profile(cfg.prompt), cfg.reasoning)
     eval_examples = load_dataset(cfg.eval_dataset, cfg.data_dir)[: cfg.eval_limit] if cfg.eval_limit else []
 
     def factory(m: Any) -> HFScorer:

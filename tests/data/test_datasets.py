@@ -414,3 +414,25 @@ def test_builtin_missing_prompt_and_column(tmp_path: Path) -> None:
         load_dataset("openai-moderation", root)
     with pytest.raises(DataError, match=r"xstest_prompts\.csv: line 1: missing column\(s\) 'prompt'"):
         load_dataset("xstest", root)
+
+
+def test_jsonl_conversation_rows(tmp_path):
+    """A JSONL line may give ``messages`` instead of ``text``; a bad turn names the line and the fix."""
+    import json as _json
+
+    from guardcal.data.datasets import load_jsonl
+    from guardcal.errors import DataError
+
+    good = tmp_path / "conv.jsonl"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]
+    good.write_text(_json.dumps({"messages": turns, "label": "safe"}) + "\n")
+    (ex,) = load_jsonl(good)
+    assert ex.messages == tuple(turns) and ex.text == "go away"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(_json.dumps({"messages": [{"role": "system", "content": "x"}], "label": "safe"}) + "\n")
+    with pytest.raises(DataError, match="line 1: messages\\[0\\].role is 'system'"):
+        load_jsonl(bad)
+    both = tmp_path / "both.jsonl"
+    both.write_text(_json.dumps({"messages": turns, "text": "x", "label": "safe"}) + "\n")
+    with pytest.raises(DataError, match="either 'text' or 'messages'"):
+        load_jsonl(both)

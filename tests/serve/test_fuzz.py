@@ -31,9 +31,9 @@ INTERNAL_KEY = "fuzz-internal-key-0123456789"
 MAX_EXAMPLES = 60
 
 
-def _handler(texts: list[str]) -> Scores:
-    # deterministic and spread over allow / block / escalate
-    p = np.array([(sum(map(ord, t)) % 100) / 100 for t in texts], dtype=np.float64)
+def _handler(texts: list) -> Scores:
+    # deterministic and spread over allow / block / escalate (a conversation by its judged turn's text)
+    p = np.array([(sum(map(ord, getattr(t, "text", t))) % 100) / 100 for t in texts], dtype=np.float64)
     return Scores(p_safe=1.0 - p, p_unsafe=p)
 
 
@@ -54,7 +54,17 @@ def _app(outbox: Path):  # type: ignore[no-untyped-def]
 OPENAPI = _app(Path(tempfile.gettempdir()) / "guardcal-fuzz-schema-only.sqlite3").openapi()
 #: a request the schema forbids must be refused with one of these (413: over a size limit); never 5xx
 REJECTIONS = ["400", "401", "403", "413", "422", "429"]
-CONFIG = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}}})
+#: a request the schema allows: 413 only for a conversation whose turns *together* exceed max_input_chars (each
+#: turn's maxLength is documented; their sum cannot be stated in JSON schema)
+ACCEPTED = ["200", "401", "403", "404", "409", "413", "429"]
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {"expected-statuses": REJECTIONS},
+            "positive_data_acceptance": {"expected-statuses": ACCEPTED},
+        }
+    }
+)
 schema = schemathesis.openapi.from_dict(OPENAPI, config=CONFIG)
 FUZZ_SETTINGS = hypothesis_settings(
     max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
