@@ -23,6 +23,8 @@ from guardcal.serve.deps import AuthMiddleware, KeyRing, require_metrics
 from guardcal.serve.handlers import BodyLimitMiddleware, install_error_handlers
 from guardcal.serve.hooks import EscalationHook, load_hooks
 from guardcal.serve.metrics import ServeMetrics, attach_metrics
+from guardcal.serve.review_routes import review_router
+from guardcal.serve.reviews import ReviewHook, ReviewStore
 from guardcal.serve.routes import router
 from guardcal.serve.service import GuardService, load_bundle
 from guardcal.serve.settings import ServeSettings
@@ -62,7 +64,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(hooks) if hooks is not None else load_hooks(settings)
-        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics)
+        store = ReviewStore(settings.review_path()) if settings.reviews else None
+        if store is not None and "review" not in {h.name for h in chosen}:
+            chosen.append(ReviewHook(store))
+        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics, reviews=store)
         app.state.service = service
         try:
             await service.start()
@@ -93,13 +98,14 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.state.keyring = KeyRing(settings.key_scopes())
+    app.state.keyring = KeyRing.from_entries(settings.key_entries())
     app.state.service = None
     install_error_handlers(app, metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     # added last, so it runs first: a caller without a valid key is refused before the body is read
     app.add_middleware(AuthMiddleware, keyring=app.state.keyring, settings=settings, metrics=metrics)
     app.include_router(router)
+    app.include_router(review_router)
     attach_metrics(app, metrics, dependencies=[Depends(require_metrics)])
     return app
 

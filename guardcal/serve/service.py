@@ -36,6 +36,7 @@ from guardcal.serve.outbox import DeliveryWorker, Outbox
 from guardcal.serve.policy import Decision, decide_batch, fail_closed
 from guardcal.serve.protocol import Verdict
 from guardcal.serve.readings import readings
+from guardcal.serve.reviews import ReviewStore, VerdictResult
 from guardcal.serve.settings import Scope, ServeSettings
 from guardcal.types import LABELS
 
@@ -123,8 +124,10 @@ class GuardService:
         hooks: Sequence[EscalationHook],
         metrics: ServeMetrics,
         outbox: Outbox | None = None,
+        reviews: ReviewStore | None = None,
     ) -> None:
         self.backend, self.bundle, self.settings, self.metrics = backend, bundle, settings, metrics
+        self.reviews = reviews
         self.hooks = list(hooks)
         self.thresholds = resolve_thresholds(settings, bundle)
         self.calibrator = bundle.calibrator() if bundle is not None else None
@@ -216,6 +219,8 @@ class GuardService:
         policy = {"calibration": calibration, "thresholds": self.thresholds.to_dict()}
         self.policy_version = _digest("p-", {**policy, "mode": self.settings.mode, "fail": self.settings.fail_action})
         self.outbox.open()
+        if self.reviews is not None:
+            self.reviews.open()
         self.worker.start()
         await self._warm_up()
         self._started = True
@@ -240,6 +245,9 @@ class GuardService:
                 "backend warm-up request failed (%s); requests will fail closed until it recovers", type(exc).__name__
             )
 
+    async def verdict_recorded(self, result: VerdictResult) -> None:
+        """A reviewer's verdict was stored (review_routes): count it."""
+
     async def aclose(self) -> None:
         """Stop taking requests, stop the outbox worker (pending rows stay), close hooks and backend."""
         self._draining = True
@@ -251,6 +259,8 @@ class GuardService:
                     await closer()
         await self.backend.aclose()
         self.outbox.close()
+        if self.reviews is not None:
+            self.reviews.close()
         self._started = False
 
     async def classify(
