@@ -45,13 +45,16 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 #: scopes allowed on each guarded path; any other path needs a valid key of any scope (then 404/405)
 #: the review surface (console, its assets, queue and verdicts): review keys, Bearer or Basic
-REVIEW_PATHS = frozenset({"/review", "/review/app.js", "/review/app.css", "/reviews", "/reviews/queue"})
+REVIEW_PATHS = frozenset(
+    {"/review", "/review/app.js", "/review/app.css", "/reviews", "/reviews/queue", "/reviews/audit"}
+)
 ADMIN_PATHS = frozenset({"/admin/reload-bundle"})
 PATH_SCOPES: dict[str, frozenset[Scope]] = {
     "/classify": frozenset({"classify", "internal"}),
     "/metrics": frozenset({"metrics", "internal"}),
     **{path: frozenset({"review"}) for path in REVIEW_PATHS},
     **{path: frozenset({"internal"}) for path in ADMIN_PATHS},
+    "/reviews/audit": frozenset({"review", "internal"}),  # aggregate estimates only
 }
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="guardcal review", charset="UTF-8"'}
 CALLER_KEY = "guardcal.caller"

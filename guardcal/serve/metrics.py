@@ -47,6 +47,12 @@ class ServeMetrics:
             "guardcal_backend_errors", "Backend failures answered fail-closed", ["kind"], registry=r
         )
         self.rejected = Counter("guardcal_rejected_requests", "Requests refused by status code", ["code"], registry=r)
+        self.audit_samples = Counter(
+            "guardcal_audit_samples",
+            "Confident decisions sent for review as audit samples, by label and whether the outbox stored them",
+            ["label", "outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -146,6 +146,30 @@ async def post_verdict(
     )
 
 
+class AuditReport(BaseModel):
+    model_version: str
+    policy_version: str
+    audit_rate: float
+    labels: dict[str, dict[str, Any]] = Field(
+        description="per predicted label: reviewed, wrong, error (weighted by 1/p), lower/upper (Clopper-Pearson, "
+        "level), n_eff, target (the bundle's alpha) and status (within / unconfirmed / above / no_target)"
+    )
+
+
+@review_router.get("/reviews/audit", response_model=AuditReport, responses=_ERRORS)
+async def audit_report(request: Request, caller: CallerDep, service: ServiceDep) -> AuditReport:
+    """The auto-decision error estimated from reviewed audit samples of the running policy (review or internal)."""
+    require_scope(request, caller)
+    store_of(service)
+    estimates = await service.audit_report()
+    return AuditReport(
+        model_version=service.model_version,
+        policy_version=service.policy_version,
+        audit_rate=service.audit_rate,
+        labels={label: e.to_dict() for label, e in estimates.items()},
+    )
+
+
 _STATIC = {
     "/review": ("review.html", "text/html; charset=utf-8"),
     "/review/app.js": ("review.js", "text/javascript; charset=utf-8"),

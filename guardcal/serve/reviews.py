@@ -112,7 +112,7 @@ def item_from_payload(payload: Mapping[str, Any]) -> tuple[Any, ...]:
         str(payload.get("action")),
         payload.get("confidence"),
         payload.get("p_unsafe_raw"),
-        float(payload.get("audit_probability") or 1.0) if audit else 1.0,
+        float(payload.get("sampling_probability") or 1.0) if audit else 1.0,
         text if isinstance(text, str) else None,
         digest,
         json.dumps(payload.get("model") or {}, sort_keys=True),
@@ -202,6 +202,11 @@ class ReviewStore:
         """Every item that has an accepted verdict, joined with it (for estimates, exports and refits)."""
         return await self._call(reviewed_rows)
 
+    async def audited(self, model_version: str, policy_version: str) -> list[dict[str, Any]]:
+        """Reviewed audit samples of one model and policy version (what the audit estimate is taken over)."""
+        where = ("i.kind = 'audit' AND i.model_version = ? AND i.policy_version = ?", (model_version, policy_version))
+        return await self._call(lambda conn: reviewed_rows(conn, where))
+
 
 def _record(
     conn: sqlite3.Connection, escalation_id: str, label: str, reviewer: str, note: str | None
@@ -237,11 +242,15 @@ def _record(
     return VerdictResult(outcome, accepted, by, item)
 
 
-def reviewed_rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Items joined with their accepted verdict (``verdict``, ``reviewer``, ``note``, ``reviewed_at``), by seq."""
+def reviewed_rows(conn: sqlite3.Connection, where: tuple[str, tuple[Any, ...]] | None = None) -> list[dict[str, Any]]:
+    """Items joined with their accepted verdict (``verdict``, ``reviewer``, ``note``, ``reviewed_at``), by seq;
+    ``where`` is an SQL condition on ``i`` (the item) and its parameters."""
+    condition, params = where if where is not None else ("1", ())
     cur = conn.execute(
         f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS)}, v.label, v.reviewer, v.note, v.created_at "
-        "FROM review_items i JOIN review_verdicts v ON v.escalation_id = i.escalation_id ORDER BY i.seq"
+        f"FROM review_items i JOIN review_verdicts v ON v.escalation_id = i.escalation_id WHERE {condition} "
+        "ORDER BY i.seq",
+        params,
     )
     names = (*ITEM_COLUMNS, "verdict", "reviewer", "note", "reviewed_at")
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
