@@ -36,12 +36,12 @@ from guardcal.serve.active import ActivePolicy, digest
 from guardcal.serve.active import resolve_thresholds as resolve_thresholds  # re-exported
 from guardcal.serve.errors import NotReadyError, NotStoredError, OutboxFullError, OverloadedError, StartupError
 from guardcal.serve.hooks import EscalationHook, escalation_payload
-from guardcal.serve.metrics import ServeMetrics
+from guardcal.serve.metrics import ServeMetrics, confidence_bin
 from guardcal.serve.outbox import DeliveryWorker, Outbox
 from guardcal.serve.policy import Decision, decide_batch, fail_closed
 from guardcal.serve.protocol import Verdict
 from guardcal.serve.readings import readings
-from guardcal.serve.reviews import ReviewStore, VerdictResult
+from guardcal.serve.reviews import ReviewHook, ReviewStore, VerdictResult
 from guardcal.serve.settings import Scope, ServeSettings
 
 WARM_UP_TEXT = "Hello, how are you today?"
@@ -114,6 +114,9 @@ class GuardService:
         self.backend, self.settings, self.metrics = backend, settings, metrics
         self.reviews = reviews
         self.hooks = list(hooks)
+        for hook in self.hooks:
+            if isinstance(hook, ReviewHook):
+                hook.on_stored = self.refresh_queue
         self.policy = ActivePolicy.build(settings, bundle)
         self.audit_rate = settings.audit_rate
         self._draw = random.Random()  # audit draws: independent of the input and its label
@@ -220,6 +223,7 @@ class GuardService:
         self.outbox.open()
         if self.reviews is not None:
             self.reviews.open()
+        await self.refresh_reviews()
         self.worker.start()
         await self._warm_up()
         self._started = True
@@ -245,7 +249,23 @@ class GuardService:
             )
 
     async def verdict_recorded(self, result: VerdictResult) -> None:
-        """A reviewer's verdict was stored (review_routes): count it."""
+        """A reviewer's verdict was stored (review_routes): count it, refresh the queue depth and estimates."""
+        item = result.item
+        agreement = "agree" if result.label == item["label"] else "disagree"
+        bin_ = confidence_bin(item["confidence"])
+        self.metrics.verdicts.labels(kind=item["kind"], agreement=agreement, confidence_bin=bin_).inc()
+        await self.refresh_reviews()
+
+    async def refresh_reviews(self) -> None:
+        """Export the review queue's depth and the running policy's audit estimates (after a verdict, a new
+        item, a bundle swap, and at start)."""
+        await self.refresh_queue()
+        estimates = await self.audit_report()
+        self.metrics.set_audit(estimates, bundle_targets(self.policy.thresholds.to_dict()))
+
+    async def refresh_queue(self) -> None:
+        if self.reviews is not None:
+            self.metrics.review_queue.set(await self.reviews.pending())
 
     async def audit_report(self) -> dict[str, ErrorEstimate]:
         """The auto-decision error per predicted label, estimated from the reviewed audit samples of the running

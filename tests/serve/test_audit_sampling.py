@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import anyio
 import pytest
@@ -101,9 +102,50 @@ async def test_audit_verdicts_give_the_estimate_per_label_against_the_bundle_tar
             v = await client.post("/reviews", json={"id": vid, "label": label}, headers=kit.bearer(ALICE))
             assert v.status_code == 201
         report = (await client.get("/reviews/audit", headers=kit.bearer(INTERNAL))).json()
+        metrics = (await client.get("/metrics", headers=kit.bearer(INTERNAL))).text
     assert report["audit_rate"] == 1.0 and report["policy_version"].startswith("p-")
     safe, unsafe = report["labels"]["safe"], report["labels"]["unsafe"]
     assert (safe["reviewed"], safe["wrong"], safe["target"]) == (10, 1, 0.1)
     assert safe["error"] == pytest.approx(0.1) and safe["lower"] < 0.1 < safe["upper"]
     assert safe["status"] == "unconfirmed"
     assert (unsafe["reviewed"], unsafe["wrong"], unsafe["target"], unsafe["error"]) == (2, 1, 0.2, 0.5)
+    # the same numbers on /metrics, with the bundle's alpha beside them
+    assert _metric(metrics, "guardcal_audit_error_estimate", label="safe") == pytest.approx(0.1)
+    assert _metric(metrics, "guardcal_audit_error_upper_bound", label="safe") == pytest.approx(safe["upper"])
+    assert _metric(metrics, "guardcal_audit_error_lower_bound", label="unsafe") == pytest.approx(unsafe["lower"])
+    assert _metric(metrics, "guardcal_audit_reviewed", label="safe") == 10
+    assert _metric(metrics, "guardcal_risk_target_error", label="safe") == 0.1
+    assert _metric(metrics, "guardcal_risk_target_error", label="unsafe") == 0.2
+    assert _metric(metrics, "guardcal_review_queue_depth") == 0
+    assert _metric(metrics, "guardcal_review_verdicts_total", kind="audit") == 12
+    assert _metric(metrics, "guardcal_review_verdicts_total", kind="audit", agreement="disagree") == 2
+    # confidences: hello there 0.98 and I will hurt you 0.97 (0.95-0.99 bin), how do I bake bread 0.92
+    assert _metric(metrics, "guardcal_review_verdicts_total", agreement="agree", confidence_bin="0.95-0.99") == 10
+    assert _metric(metrics, "guardcal_review_verdicts_total", agreement="disagree", confidence_bin="0.95-0.99") == 1
+    assert _metric(metrics, "guardcal_review_verdicts_total", agreement="disagree", confidence_bin="0.9-0.95") == 1
+    rules = ("GuardcalAuditErrorUnconfirmed", "GuardcalAuditErrorAboveTarget")
+    firing = {rule: _fires(rule, metrics) for rule in rules}
+    # safe: 1 wrong of 10, upper 0.45 > 0.1 but lower 0.003 < 0.1; unsafe: 1 of 2, lower 0.013 < 0.2 < upper
+    assert firing == {"GuardcalAuditErrorUnconfirmed": {"safe", "unsafe"}, "GuardcalAuditErrorAboveTarget": set()}
+
+
+def _series(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        m = re.match(rf'^{name}\{{label="(\w+)"\}} (\S+)$', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def _fires(alert: str, metrics: str) -> set[str]:
+    """Evaluate the alert's ``A > on (instance, job, label) B`` on one scrape: the labels it fires for."""
+    import yaml
+
+    root = Path(__file__).parents[2]
+    rules = yaml.safe_load((root / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    (expr,) = [r["expr"] for r in rules if r["alert"] == alert]
+    m = re.fullmatch(r"\s*(guardcal_\w+) > on \(instance, job, label\) (guardcal_\w+)\s*", expr)
+    assert m, expr
+    left, right = _series(metrics, m.group(1)), _series(metrics, m.group(2))
+    return {label for label, value in left.items() if label in right and value > right[label]}
