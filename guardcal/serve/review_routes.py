@@ -32,7 +32,6 @@ MAX_PAGE = 200
 
 
 class QueueItem(BaseModel):
-    seq: int = Field(description="position in the queue: pass the last one seen as 'after' for the next page")
     id: str = Field(description="the escalation id (the hook payload's id and webhook-id)")
     kind: Literal["escalation", "audit"]
     reason: str = Field(description="low_confidence, a fail-closed reason, or audit (a sampled confident decision)")
@@ -46,7 +45,7 @@ class QueueItem(BaseModel):
 class QueueResponse(BaseModel):
     items: list[QueueItem]
     pending: int = Field(description="items without a verdict, in all")
-    next: int | None = Field(description="'after' for the next page, null on the last one")
+    next: str | None = Field(description="'after' for the next page, null on the last one")
 
 
 class VerdictRequest(BaseModel):
@@ -74,7 +73,6 @@ def store_of(service: GuardService) -> ReviewStore:
 def _item(row: dict[str, Any], now: float) -> QueueItem:
     conf = row["confidence"]
     return QueueItem(
-        seq=row["seq"],
         id=row["escalation_id"],
         kind=row["kind"],
         reason=row["reason"],
@@ -94,16 +92,30 @@ async def review_queue(
     caller: CallerDep,
     service: ServiceDep,
     response: Response,
-    after: Annotated[int, Query(ge=0, description="seq of the last item seen (0: from the start)")] = 0,
+    after: Annotated[str | None, Query(max_length=64, description="the 'next' of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> QueueResponse:
     """Pending review items, oldest first."""
     require_scope(request, caller)
-    rows, pending = await store_of(service).queue(after=after, limit=limit + 1)
+    rows, pending = await store_of(service).queue(after=_cursor(after), limit=limit + 1)
     response.headers["Cache-Control"] = "no-store"
     now = time.time()
     page = [_item(r, now) for r in rows[:limit]]
-    return QueueResponse(items=page, pending=pending, next=page[-1].seq if len(rows) > limit else None)
+    last = rows[limit - 1] if len(rows) > limit else None
+    return QueueResponse(
+        items=page, pending=pending, next=None if last is None else f"{last['created_at']!r}~{last['seq']}"
+    )
+
+
+def _cursor(after: str | None) -> tuple[float, int]:
+    """``(created_at, seq)`` of a page's ``next`` (an opaque token to clients)."""
+    if after is None:
+        return float("-inf"), 0
+    when, _, seq = after.partition("~")
+    try:
+        return float(when), int(seq)
+    except ValueError:
+        raise ApiError(422, "'after' must be the 'next' of a queue page") from None
 
 
 def _same_origin_json(request: Request) -> None:

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS review_history (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS review_items_policy ON review_items (kind, policy_version);
+CREATE INDEX IF NOT EXISTS review_items_age ON review_items (created_at, seq);
 """
 ITEM_COLUMNS = (
     "seq", "escalation_id", "kind", "reason", "label", "action", "confidence", "p_unsafe_raw",
@@ -169,15 +170,18 @@ class ReviewStore:
 
         return await self._call(insert)
 
-    async def queue(self, *, after: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
-        """Pending items (no accepted verdict) with ``seq > after``, oldest first, and how many are pending."""
+    async def queue(
+        self, *, after: tuple[float, int] = (float("-inf"), 0), limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Pending items (no accepted verdict), oldest first (request time, then arrival), those after the
+        ``(created_at, seq)`` of ``after``; and how many are pending in all."""
 
         def query(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
             pending = "NOT EXISTS (SELECT 1 FROM review_verdicts v WHERE v.escalation_id = i.escalation_id)"
             cur = conn.execute(
                 f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS)} FROM review_items i "
-                f"WHERE {pending} AND i.seq > ? ORDER BY i.seq LIMIT ?",
-                (after, limit),
+                f"WHERE {pending} AND (i.created_at, i.seq) > (?, ?) ORDER BY i.created_at, i.seq LIMIT ?",
+                (*after, limit),
             )
             items = [dict(zip(ITEM_COLUMNS, r, strict=True)) for r in cur.fetchall()]
             (total,) = conn.execute(f"SELECT COUNT(*) FROM review_items i WHERE {pending}").fetchone()
