@@ -64,8 +64,8 @@ def check_fits(bundle: CalibrationBundle, identity: dict[str, Any], settings: Se
     (the start-up check) and, when it records one, in the dtype the server scores in."""
     bundle.check_compatible(**identity)
     fitted = bundle.extra.get("dtype")
-    if fitted in ("float32", "bfloat16", "float16") and settings.dtype not in ("auto", fitted):
+    if fitted in ("float32", "bfloat16", "float16") and settings.dtype != fitted:
         raise CalibrationError(
             f"bundle was fitted on scores in {fitted} but the server scores in {settings.dtype}; restart the server "
-            "to change the dtype"
+            f"with --dtype {fitted} to use it"
         )

@@ -30,7 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from guardcal.calibrate.verdicts import ITEM_COLUMNS, read_reviews, reviewed_rows
 from guardcal.types import LABELS
+
+__all__ = ["ITEM_COLUMNS", "ReviewHook", "ReviewStore", "UnknownItemError", "VerdictResult", "read_reviews"]
 
 T = TypeVar("T")
 Outcome = Literal["recorded", "repeat", "conflict"]
@@ -73,12 +76,6 @@ CREATE TABLE IF NOT EXISTS review_history (
 CREATE INDEX IF NOT EXISTS review_items_policy ON review_items (kind, policy_version);
 CREATE INDEX IF NOT EXISTS review_items_age ON review_items (created_at, seq);
 """
-ITEM_COLUMNS = (
-    "seq", "escalation_id", "kind", "reason", "label", "action", "confidence", "p_unsafe_raw",
-    "sampling_probability", "input", "input_sha256", "model", "model_version", "policy_version", "created_at",
-)  # fmt: skip
-
-
 class UnknownItemError(LookupError):
     """No review item has this id (404)."""
 
@@ -244,32 +241,6 @@ def _record(
             (escalation_id, label, reviewer, note, outcome, now),
         )
     return VerdictResult(outcome, accepted, by, item)
-
-
-def reviewed_rows(conn: sqlite3.Connection, where: tuple[str, tuple[Any, ...]] | None = None) -> list[dict[str, Any]]:
-    """Items joined with their accepted verdict (``verdict``, ``reviewer``, ``note``, ``reviewed_at``), by seq;
-    ``where`` is an SQL condition on ``i`` (the item) and its parameters."""
-    condition, params = where if where is not None else ("1", ())
-    cur = conn.execute(
-        f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS)}, v.label, v.reviewer, v.note, v.created_at "
-        f"FROM review_items i JOIN review_verdicts v ON v.escalation_id = i.escalation_id WHERE {condition} "
-        "ORDER BY i.seq",
-        params,
-    )
-    names = (*ITEM_COLUMNS, "verdict", "reviewer", "note", "reviewed_at")
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
-def read_reviews(path: str | Path) -> list[dict[str, Any]]:
-    """The reviewed items of a review file, read-only (``guardcal calibrate --reviews``, ``data export-reviews``)."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"review store {source} does not exist; pass the reviews.sqlite3 of guardcal serve")
-    conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    try:
-        return reviewed_rows(conn)
-    finally:
-        conn.close()
 
 
 class ReviewHook:

@@ -32,9 +32,16 @@ from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds
 from guardcal.core.confidence import Scores
 from guardcal.errors import BackendError, CalibrationError, InputTooLongError
-from guardcal.serve.active import ActivePolicy, digest
+from guardcal.serve.active import ActivePolicy, check_fits, digest
 from guardcal.serve.active import resolve_thresholds as resolve_thresholds  # re-exported
-from guardcal.serve.errors import NotReadyError, NotStoredError, OutboxFullError, OverloadedError, StartupError
+from guardcal.serve.errors import (
+    BundleRefusedError,
+    NotReadyError,
+    NotStoredError,
+    OutboxFullError,
+    OverloadedError,
+    StartupError,
+)
 from guardcal.serve.hooks import EscalationHook, escalation_payload
 from guardcal.serve.metrics import ServeMetrics, confidence_bin
 from guardcal.serve.outbox import DeliveryWorker, Outbox
@@ -120,6 +127,7 @@ class GuardService:
         self.policy = ActivePolicy.build(settings, bundle)
         self.audit_rate = settings.audit_rate
         self._draw = random.Random()  # audit draws: independent of the input and its label
+        self._reload_lock = asyncio.Lock()
         self.outbox = outbox if outbox is not None else Outbox(settings.outbox, max_bytes=settings.outbox_max_bytes)
         self.worker = DeliveryWorker(
             self.outbox,
@@ -277,6 +285,31 @@ class GuardService:
         targets = bundle_targets(policy.thresholds.to_dict())
         return audit_estimates(((r["label"], r["verdict"], r["sampling_probability"]) for r in rows), targets)
 
+    async def reload_bundle(self) -> tuple[str, str]:
+        """Swap in the configured bundle file anew (SIGHUP, ``POST /admin/reload-bundle``); returns the previous
+        and the new policy version. A bundle that cannot be read or does not fit the running model (the
+        start-up check) raises BundleRefusedError and the running policy stays. Requests in flight finish on
+        the policy they began with; the next ones take the new one."""
+        async with self._reload_lock:
+            path = self.settings.bundle_path()
+            old = self.policy
+            try:
+                if path is None:
+                    raise CalibrationError("this server runs without a calibration bundle (--bundle none)")
+                bundle = await asyncio.to_thread(CalibrationBundle.load, path)
+                check_fits(bundle, self.identity, self.settings)
+                policy = ActivePolicy.build(self.settings, bundle)
+            except (CalibrationError, StartupError) as exc:
+                self.metrics.bundle_reloads.labels(outcome="refused").inc()
+                _log.error("bundle reload refused, still serving policy_version=%s: %s", old.version, exc)
+                raise BundleRefusedError(f"the bundle was not swapped in: {exc}") from None
+            self.policy = policy
+            self.metrics.bundle_reloads.labels(outcome="swapped").inc()
+            _log.info("bundle reloaded from %s: policy_version %s -> %s", path, old.version, policy.version)
+            _audit.debug("thresholds %s", json.dumps(policy.thresholds.to_dict(), default=str))
+        await self.refresh_reviews()
+        return old.version, policy.version
+
     async def aclose(self) -> None:
         """Stop taking requests, stop the outbox worker (pending rows stay), close hooks and backend."""
         self._draining = True
@@ -306,6 +339,18 @@ class GuardService:
         One deadline (``request_timeout_s``) covers the queue, scoring and the outbox write. The request
         decides with the policy active when it began, even if a new bundle is swapped in meanwhile.
         """
+        verdicts, _ = await self.classify_versioned(texts, request_id=request_id, metadata=metadata, scope=scope)
+        return verdicts
+
+    async def classify_versioned(
+        self,
+        texts: list[str],
+        *,
+        request_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        scope: Scope = "classify",
+    ) -> tuple[list[Verdict], str]:
+        """:meth:`classify`, and the version of the policy that decided (a swap may land while it runs)."""
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         reason = self._not_serving()
         if reason is not None:
@@ -319,7 +364,7 @@ class GuardService:
         decisions = await self._escalate(job, policy, request_id, metadata, deadline)
         self._record(ids, decisions, raw, request_id, time.perf_counter() - started, scored)
         internal = scope == "internal"
-        return [
+        verdicts = [
             Verdict(
                 id=vid,
                 label=d.label,
@@ -328,6 +373,7 @@ class GuardService:
             )
             for vid, d in zip(ids, decisions, strict=True)
         ]
+        return verdicts, policy.version
 
     def _audits(self, decisions: list[Decision]) -> list[int]:
         """The confident decisions drawn for audit, each independently with probability ``audit_rate``."""
