@@ -12,10 +12,8 @@ screenshot of the console (docs/img/review-console.png was taken so).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -31,30 +29,9 @@ ALICE = "alice-review-key-0123456789"
 INTERNAL = "internal-key-0123456789abcdef"
 CLASSIFY = "classify-key-0123456789abcdef"
 KEYS = f"{ALICE}:review@alice,{INTERNAL}:internal,{CLASSIFY}:classify"
-SKIP_ENV = "GUARDCAL_SKIP_BROWSER"
 #: escalated by the fake backend at escalate_below 0.9 (raw P(unsafe) 0.62, 0.41, 0.55, 0.3, 0.7)
 TEXTS = ["borderline joke", "unclear request", "<b>is this</b> <script>alert(1)</script> ok?", "maybe", "hmm"]
 SCORES = {"borderline joke": 0.62, "unclear request": 0.41, TEXTS[2]: 0.55, "maybe": 0.3, "hmm": 0.7}
-
-
-def chromium_path() -> str:
-    """Debian's Chromium and Playwright's Python API, or a failure naming the install commands."""
-    if os.environ.get(SKIP_ENV) == "1":
-        pytest.skip(f"{SKIP_ENV}=1: the review console's browser test is skipped on purpose")
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    missing = []
-    if path is None:
-        missing.append("Chromium: sudo apt-get install -y chromium")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("Playwright's Python API: pip install -c constraints/cpu.txt -e '.[test]' (never needs "
-                       "`playwright install`: the test drives Debian's Chromium)")  # fmt: skip
-    if missing:
-        pytest.fail(
-            "the review console is tested in a real headless browser, and this machine lacks "
-            + "; ".join(missing) + f" (.ci/run installs both; {SKIP_ENV}=1 skips the test knowingly)",
-            pytrace=False,
-        )
-    return str(path)
 
 
 @pytest.fixture
@@ -86,8 +63,8 @@ def _pending(base: str) -> int:
     return r.json()["pending"]
 
 
-def test_three_escalations_labelled_through_the_console(console_server):
-    executable = chromium_path()
+def test_three_escalations_labelled_through_the_console(console_server, chromium):
+    executable = chromium
     from playwright.sync_api import expect, sync_playwright
 
     base, settings = console_server
