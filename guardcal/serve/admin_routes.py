@@ -19,7 +19,7 @@ from guardcal.serve.handlers import ApiError
 from guardcal.serve.protocol import ErrorResponse
 
 admin_router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 409, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 409, 413, 503)}
 
 
 class ReloadResponse(BaseModel):

@@ -56,6 +56,13 @@ PATH_SCOPES: dict[str, frozenset[Scope]] = {
     **{path: frozenset({"internal"}) for path in ADMIN_PATHS},
     "/reviews/audit": frozenset({"review", "internal"}),  # aggregate estimates only
 }
+#: the methods each guarded path serves: another method is left to routing (405), whatever the key's scope
+PATH_METHODS: dict[str, frozenset[str]] = {
+    "/classify": frozenset({"POST"}),
+    "/metrics": frozenset({"GET"}),
+    "/reviews": frozenset({"POST"}),
+    "/admin/reload-bundle": frozenset({"POST"}),
+}
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="guardcal review", charset="UTF-8"'}
 CALLER_KEY = "guardcal.caller"
 
@@ -112,7 +119,9 @@ def _presented_key(headers: Headers, path: str) -> tuple[str, bool]:
     return "", False
 
 
-def identify(keyring: KeyRing, settings: ServeSettings, headers: Headers, client: str | None, path: str) -> Caller:
+def identify(
+    keyring: KeyRing, settings: ServeSettings, headers: Headers, client: str | None, path: str, method: str = "GET"
+) -> Caller:
     """The caller of ``path`` from the request headers alone; ApiError 401/403 when refused."""
     keyed_path = path in REVIEW_PATHS or path in ADMIN_PATHS
     challenge = {**_CHALLENGE, **_BASIC_CHALLENGE} if path in REVIEW_PATHS else _CHALLENGE
@@ -139,7 +148,8 @@ def identify(keyring: KeyRing, settings: ServeSettings, headers: Headers, client
         raise ApiError(401, "invalid API key", challenge)
     scope, name = found
     allowed = PATH_SCOPES.get(path)
-    if allowed is not None and scope not in allowed:
+    served = method.upper() in PATH_METHODS.get(path, frozenset({"GET"}))
+    if allowed is not None and scope not in allowed and served:
         _log.warning("refused a %r key on %s", scope, path)
         raise ApiError(403, f"{path} needs an API key with the {' or '.join(repr(s) for s in sorted(allowed))} scope")
     return Caller(scope, authenticated=True, name=name, basic=basic)
@@ -158,7 +168,9 @@ class AuthMiddleware:
         client = scope.get("client")
         host = client[0] if client else None
         try:
-            caller = identify(self.keyring, self.settings, Headers(scope=scope), host, scope["path"])
+            caller = identify(
+                self.keyring, self.settings, Headers(scope=scope), host, scope["path"], scope.get("method", "GET")
+            )
         except ApiError as exc:
             self.metrics.rejected.labels(code=str(exc.status)).inc()
             # answered without calling receive(): the body is never read (uvicorn drops the connection's rest)
@@ -186,7 +198,8 @@ def authenticate(request: Request) -> Caller:
     if isinstance(caller, Caller):
         return caller
     client = request.client.host if request.client else None
-    return identify(request.app.state.keyring, request.app.state.settings, request.headers, client, request.url.path)
+    state = request.app.state
+    return identify(state.keyring, state.settings, request.headers, client, request.url.path, request.method)
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -26,9 +26,13 @@ from guardcal.serve.reviews import ReviewStore, UnknownItemError
 from guardcal.serve.service import GuardService
 
 review_router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
+}
 MAX_NOTE_CHARS = 2000
 MAX_PAGE = 200
+#: a page's ``next``: the last item's request time and arrival number
+CURSOR = r"^[0-9]{1,12}(\.[0-9]{1,20})?~[0-9]{1,18}$"
 
 
 class QueueItem(BaseModel):
@@ -92,7 +96,9 @@ async def review_queue(
     caller: CallerDep,
     service: ServiceDep,
     response: Response,
-    after: Annotated[str | None, Query(max_length=64, description="the 'next' of the previous page")] = None,
+    after: Annotated[
+        str | None, Query(max_length=64, pattern=CURSOR, description="the 'next' of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> QueueResponse:
     """Pending review items, oldest first."""
