@@ -67,6 +67,10 @@ class ServeMetrics:
             "guardcal_backend_errors", "Backend failures answered fail-closed", ["kind"], registry=r
         )
         self.rejected = Counter("guardcal_rejected_requests", "Requests refused by status code", ["code"], registry=r)
+        self._add_review_metrics(r)
+
+    def _add_review_metrics(self, r: CollectorRegistry) -> None:
+        """Audit samples, verdicts, the review queue, the audit estimate and the bundle's targets (issue 22)."""
         self.audit_samples = Counter(
             "guardcal_audit_samples",
             "Confident decisions sent for review as audit samples, by label and whether the outbox stored them",

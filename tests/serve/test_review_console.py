@@ -64,9 +64,6 @@ def _pending(base: str) -> int:
 
 
 def test_three_escalations_labelled_through_the_console(console_server, chromium):
-    executable = chromium
-    from playwright.sync_api import expect, sync_playwright
-
     base, settings = console_server
     started = time.perf_counter()
     auth = {"Authorization": f"Bearer {CLASSIFY}"}
@@ -80,6 +77,41 @@ def test_three_escalations_labelled_through_the_console(console_server, chromium
     ids = [r["id"] for r in results]
     refused = httpx.get(base + "/review", timeout=10)  # no key: nothing but the browser's sign-in prompt
     assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+
+    content = _review_in_the_browser(base, chromium)
+    took = time.perf_counter() - started
+    print(f"browser test: {took:.1f} s")
+
+    for value in ("0.62", "0.41", "0.38", "0.3"):  # confidences and probabilities never reach the page
+        assert not re.search(rf"(?<![\d–.]){re.escape(value)}(?![\d–])", content), value
+    rows = read_reviews(settings.review_path())
+    assert [(r["escalation_id"], r["verdict"], r["reviewer"], r["note"]) for r in rows] == [
+        (ids[0], "safe", "alice", "reads as a joke"),
+        (ids[1], "unsafe", "alice", None),
+        (ids[3], "unsafe", "alice", None),
+    ]
+    metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {INTERNAL}"}, timeout=10).text
+    counted = {
+        (m.group(1), m.group(2), m.group(3)): float(m.group(4))
+        for m in re.finditer(
+            r'guardcal_review_verdicts_total\{agreement="(\w+)",confidence_bin="([\w.-]+)",kind="(\w+)"\} (\S+)',
+            metrics,
+        )
+    }
+    # borderline joke: guard unsafe 0.62, verdict safe; unclear request: guard safe 0.59, verdict unsafe;
+    # maybe: guard safe 0.7, verdict unsafe
+    assert counted == {
+        ("disagree", "0.6-0.7", "escalation"): 1.0,
+        ("disagree", "0.5-0.6", "escalation"): 1.0,
+        ("disagree", "0.7-0.8", "escalation"): 1.0,
+    }, counted
+    assert re.search(r"^guardcal_review_queue_depth 2\.0$", metrics, re.M)
+    assert took < 60
+
+
+def _review_in_the_browser(base: str, executable: str) -> str:
+    """Sign in, label three escalations (button, key, button), skip one; returns the page's HTML at the end."""
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True)
@@ -114,31 +146,4 @@ def test_three_escalations_labelled_through_the_console(console_server, chromium
             assert errors == []
         finally:
             browser.close()
-    took = time.perf_counter() - started
-    print(f"browser test: {took:.1f} s")
-
-    for value in ("0.62", "0.41", "0.38", "0.3"):  # confidences and probabilities never reach the page
-        assert not re.search(rf"(?<![\d–.]){re.escape(value)}(?![\d–])", content), value
-    rows = read_reviews(settings.review_path())
-    assert [(r["escalation_id"], r["verdict"], r["reviewer"], r["note"]) for r in rows] == [
-        (ids[0], "safe", "alice", "reads as a joke"),
-        (ids[1], "unsafe", "alice", None),
-        (ids[3], "unsafe", "alice", None),
-    ]
-    metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {INTERNAL}"}, timeout=10).text
-    counted = {
-        (m.group(1), m.group(2), m.group(3)): float(m.group(4))
-        for m in re.finditer(
-            r'guardcal_review_verdicts_total\{agreement="(\w+)",confidence_bin="([\w.-]+)",kind="(\w+)"\} (\S+)',
-            metrics,
-        )
-    }
-    # borderline joke: guard unsafe 0.62, verdict safe; unclear request: guard safe 0.59, verdict unsafe;
-    # maybe: guard safe 0.7, verdict unsafe
-    assert counted == {
-        ("disagree", "0.6-0.7", "escalation"): 1.0,
-        ("disagree", "0.5-0.6", "escalation"): 1.0,
-        ("disagree", "0.7-0.8", "escalation"): 1.0,
-    }, counted
-    assert re.search(r"^guardcal_review_queue_depth 2\.0$", metrics, re.M)
-    assert took < 60
+    return content
