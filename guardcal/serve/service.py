@@ -231,6 +231,8 @@ class GuardService:
         self.outbox.open()
         if self.reviews is not None:
             self.reviews.open()
+            if "review" not in self.settings.key_scopes().values():
+                _log.warning("--reviews is on but no API key has the review scope: add KEY:review@NAME to review")
         await self.refresh_reviews()
         self.worker.start()
         await self._warm_up()
