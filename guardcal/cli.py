@@ -201,6 +201,13 @@ class CalibrateCommand(Command):
             type=Path,
             help="reuse a `guardcal evaluate` output folder that scored the fit and eval sets",
         )
+        parser.add_argument(
+            "--reviews",
+            type=Path,
+            metavar="DB",
+            help="add reviewers' verdicts from this review store (reviews.sqlite3 of guardcal serve --reviews) to "
+            "the fit split, weighted by 1 / their sampling probability (escalation 1, audit 1/p); see docs/review.md",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from guardcal.models.shipped import DEFAULT_REASONING_BUDGET
@@ -227,6 +234,7 @@ class CalibrateCommand(Command):
             max_new_tokens=args.max_new_tokens or DEFAULT_REASONING_BUDGET,
             limit=args.limit,
             predictions=args.predictions,
+            reviews=args.reviews,
             progress=not args.no_progress,
             prompt=args.prompt,
         )
@@ -239,6 +247,9 @@ class CalibrateCommand(Command):
         x = bundle.extra
         if x.get("threshold_n"):
             print(f"calibrator fitted on {x['calibrator_n']} rows, thresholds chosen on {x['threshold_n']} other rows")
+        if reviews := x.get("reviews"):
+            kinds = ", ".join(f"{k['n']} {n} (weight {k['weight_sum']:g})" for n, k in reviews["by_kind"].items())
+            print(f"verdicts used from {reviews['source']}: {kinds}; left out: {reviews['skipped']}")
         for key, e in x.get("escalation", {}).items():
             err = "n/a" if e["error"] is None else f"{100 * e['error']:.1f}%"
             cover = 100 * e["coverage"]
@@ -331,13 +342,24 @@ def build_backend(settings: Any) -> Any:
 
 class DataCommand(Command):
     name = "data"
-    help = "write the reproducible OpenAI Moderation split manifest"
+    help = "write the reproducible OpenAI Moderation split manifest, or export reviewers' verdicts (export-reviews)"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
-        parser.add_argument("--manifest", type=Path, required=True, help="where to write the split manifest (JSON)")
+        parser.add_argument("--manifest", type=Path, help="where to write the split manifest (JSON)")
+        sub = parser.add_subparsers(dest="data_command")
+        export = sub.add_parser(
+            "export-reviews",
+            help="write reviewed escalations and audit samples as JSONL for guardcal train --dataset jsonl:FILE",
+        )
+        export.add_argument("db", type=Path, help="the review store (reviews.sqlite3 of guardcal serve --reviews)")
+        export.add_argument("--output", type=Path, required=True, help="JSONL file to write (id, text, label)")
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.data_command == "export-reviews":
+            return export_reviews(args.db, args.output)
+        if args.manifest is None:
+            raise GuardcalError("guardcal data needs --manifest FILE, or: export-reviews DB --output FILE")
         from guardcal.data.datasets import write_split_manifest
 
         path = write_split_manifest(args.manifest, args.data_dir)
@@ -368,6 +390,20 @@ class PromptsCommand(Command):
                 print(f"{'':18}   {src}")
         print("\nUse one with --prompt NAME, or write your own YAML (docs/prompts.md) and pass --prompt FILE.")
         return 0
+
+
+def export_reviews(db: Path, output: Path) -> int:
+    """``guardcal data export-reviews``: verdicts as training JSONL (redacted inputs cannot be exported)."""
+    from guardcal.calibrate.verdicts import export_rows, read_reviews
+
+    rows, redacted = export_rows(read_reviews(db))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    note = f"; {redacted} left out: the server kept only their hash (--redact-input)" if redacted else ""
+    print(f"wrote {len(rows)} reviewed inputs to {output}{note}")
+    return 0
 
 
 class ModelCommand(Command):

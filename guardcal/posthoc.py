@@ -12,6 +12,12 @@ threshold rows are looked at. So the fit split is divided once, seeded and strat
 the other, and the bundle records which row ids served which purpose (``extra["split"]``). A
 fixed ``--threshold`` looks at no labels, so then every fit row fits the calibrator. Writes the bundle JSON
 and, with ``report``, a Markdown report with reliability diagrams before/after.
+
+With ``reviews`` (``--reviews reviews.sqlite3`` of ``guardcal serve --reviews``), reviewers' verdicts join the
+fit split as labelled rows scored by the server (:mod:`guardcal.calibrate.verdicts`), each weighted by the
+inverse of its sampling probability (escalation 1, audit ``1 / p``) in the calibrator's loss and in the
+threshold test; they are split like the other fit rows, and ``extra["reviews"]`` records how many of which
+kind, from which dates, were used.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from guardcal.calibrate.thresholds import (
     fixed_thresholds,
     risk_controlled_thresholds,
 )
+from guardcal.calibrate.verdicts import read_reviews, verdict_fit_rows
 from guardcal.data.datasets import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.evaluate import (
@@ -71,6 +78,7 @@ class CalibrateConfig:
     max_new_tokens: int = 256
     limit: int | None = None
     predictions: Path | None = None
+    reviews: Path | None = None
     progress: bool = True
     prompt: str | None = None
 
@@ -109,18 +117,29 @@ def split_fit_rows(
 
 
 def choose_thresholds(
-    cfg: CalibrateConfig, p_cal: np.ndarray, y: np.ndarray, p_fit: np.ndarray, y_fit: np.ndarray
+    cfg: CalibrateConfig,
+    p_cal: np.ndarray,
+    y: np.ndarray,
+    p_fit: np.ndarray,
+    y_fit: np.ndarray,
+    weights: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> Thresholds:
     """Learn-Then-Test thresholds on ``(p_cal, y)``, rows the calibrator never saw.
 
     ``(p_fit, y_fit)`` are the calibrator's own rows, calibrated: with ``start_errors`` unset they pick
-    where each label's walk starts (:func:`choose_start_errors`), without looking at ``y``.
+    where each label's walk starts (:func:`choose_start_errors`), without looking at ``y``. ``weights``:
+    per-row weights of the threshold rows and of the calibrator's rows (None: unweighted).
     """
     if cfg.threshold is not None:
         return fixed_thresholds(cfg.threshold)
     targets = {"target_error": cfg.target_error, "delta": cfg.delta, "target_error_unsafe": cfg.target_error_unsafe}
-    start = cfg.start_errors if cfg.start_errors is not None else choose_start_errors(p_fit, y_fit, **targets)
-    return risk_controlled_thresholds(p_cal, y, **targets, start_errors=start)
+    held, fitted = weights
+    start = (
+        cfg.start_errors
+        if cfg.start_errors is not None
+        else choose_start_errors(p_fit, y_fit, **targets, sample_weight=fitted)
+    )
+    return risk_controlled_thresholds(p_cal, y, **targets, start_errors=start, sample_weight=held)
 
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -200,18 +219,21 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     """Fit, evaluate before/after, write the bundle (and the report)."""
     keys = [cfg.fit_dataset, *cfg.eval_datasets]
     rows, identity = rows_from_predictions(cfg.predictions, keys, cfg.prompt) if cfg.predictions else score_rows(cfg)
-    fit = rows[cfg.fit_dataset]
+    verdicts, provenance = review_rows(cfg.reviews, identity) if cfg.reviews else ([], None)
+    fit = rows[cfg.fit_dataset] + verdicts
     if cfg.threshold is None:
         cal_rows, threshold_rows = split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
     else:
         cal_rows, threshold_rows = fit, []
-    calibrator = make_calibrator(cfg.method).fit(_p(cal_rows), _y(cal_rows))
+    weighted = bool(verdicts)
+    calibrator = make_calibrator(cfg.method).fit(_p(cal_rows), _y(cal_rows), _w(cal_rows) if weighted else None)
     thresholds = choose_thresholds(
         cfg,
         calibrator.predict(_p(threshold_rows)),
         _y(threshold_rows),
         calibrator.predict(_p(cal_rows)),
         _y(cal_rows),
+        (_w(threshold_rows), _w(cal_rows)) if weighted else (None, None),
     )
     scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
     profile = identity.pop("prompt_profile", None)
@@ -237,6 +259,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
             "adapter": cfg.adapter,
             **scoring,
             **({"prompt_profile": profile} if profile else {}),
+            **({"reviews": provenance} if provenance is not None else {}),
         },
     )
     metrics: dict[str, dict[str, Any]] = {"before": {}, "after": {}}
@@ -251,6 +274,23 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     if cfg.report is not None:
         write_report(cfg.report, bundle, rows, cfg.eval_datasets)
     return bundle
+
+
+def review_rows(path: Path, identity: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The verdicts of a review store usable with this fit set's setting, and their provenance."""
+    verdicts, provenance = verdict_fit_rows(read_reviews(path), identity, source=str(path))
+    if not verdicts:
+        left = provenance["skipped"]
+        raise ConfigError(
+            f"{path} holds no verdict this refit can use ({left['other_setting']} were read by another model, "
+            f"adapter, prompt or mode; {left['no_score']} failed closed without a score): review escalations "
+            "of a server running this setting first"
+        )
+    return verdicts, provenance
+
+
+def _w(rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([r.get("weight", 1.0) for r in rows], dtype=np.float64)
 
 
 def _p(rows: list[dict[str, Any]]) -> np.ndarray:

@@ -67,7 +67,8 @@ def final_eval(out: Path) -> dict[str, Any]:
 
 
 def table(start: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
-    lines = ["| run | accuracy | ECE | Brier | AUROC (P(unsafe)) | recall safe | recall unsafe |", "|---|---|---|---|---|---|---|"]
+    header = "| run | accuracy | ECE | Brier | AUROC (P(unsafe)) | recall safe | recall unsafe |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
 
     def row(name: str, m: dict[str, Any]) -> str:
         cells = [f"{m[k]:.3f}" if isinstance(m.get(k), float) else "–" for k in METRICS]

@@ -68,6 +68,20 @@ def check_calibration_set(
     return s, y.astype(np.int64)
 
 
+def check_weights(sample_weight: ArrayLike | None, labels: NDArray[np.int64]) -> FloatArray | None:
+    """Validate per-example weights (None: all 1): finite, >= 0, one per label, each class weighing > 0."""
+    if sample_weight is None:
+        return None
+    w = _as_vector(sample_weight, "sample_weight")
+    if w.size != labels.size:
+        raise CalibrationError(f"sample_weight has {w.size} values but labels has {labels.size}; pass one per example")
+    if not np.all(np.isfinite(w)) or np.any(w < 0.0):
+        raise CalibrationError("sample_weight must be finite and >= 0 (e.g. 1 / sampling probability)")
+    if float(w[labels == 1].sum()) <= 0.0 or float(w[labels == 0].sum()) <= 0.0:
+        raise CalibrationError("sample_weight gives one class no weight; calibration needs weight on both classes")
+    return w
+
+
 def confidence(p: ArrayLike) -> FloatArray:
     """Top-label confidence of a calibrated P(unsafe): ``max(p, 1 - p)`` (always >= 0.5)."""
     return np.maximum(arr := np.asarray(p, dtype=np.float64), 1.0 - arr)
@@ -95,13 +109,15 @@ class Calibrator(ABC):
     _fitted_scalars: ClassVar[tuple[str, ...]] = ()
     _fitted_arrays: ClassVar[tuple[str, ...]] = ()
 
-    def fit(self, scores: ArrayLike, labels: ArrayLike) -> Self:
+    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> Self:
         """Fit on P(unsafe) ``scores`` and 0/1 ``labels`` (1 = unsafe); return ``self``.
 
-        Raises :class:`CalibrationError` for an unusable set (:func:`check_calibration_set`) or a failed fit.
+        ``sample_weight`` weighs each example in the fitted loss (e.g. ``1 / p`` for a reviewed audit sample
+        drawn with probability ``p``); None fits exactly as unweighted. Raises :class:`CalibrationError` for
+        an unusable set (:func:`check_calibration_set`, :func:`check_weights`) or a failed fit.
         """
         s, y = check_calibration_set(scores, labels)
-        self._fit(s, y)
+        self._fit(s, y, check_weights(sample_weight, y))
         self._check_params()
         return self
 
@@ -147,8 +163,8 @@ class Calibrator(ABC):
                 raise CalibrationError(f"{self.method}: fitted {name} is not finite; check the calibration data")
 
     @abstractmethod
-    def _fit(self, scores: FloatArray, labels: NDArray[np.int64]) -> None:
-        """Set the fitted attributes from validated inputs."""
+    def _fit(self, scores: FloatArray, labels: NDArray[np.int64], weights: FloatArray | None = None) -> None:
+        """Set the fitted attributes from validated inputs (``weights`` None: unweighted)."""
 
     @abstractmethod
     def _predict(self, scores: FloatArray) -> FloatArray:

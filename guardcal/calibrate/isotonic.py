@@ -37,11 +37,11 @@ class IsotonicCalibrator(Calibrator):
     method = "isotonic"
     _fitted_arrays = ("x_thresholds_", "y_thresholds_")
 
-    def _fit(self, scores: FloatArray, labels: NDArray[np.int64]) -> None:
+    def _fit(self, scores: FloatArray, labels: NDArray[np.int64], weights: FloatArray | None = None) -> None:
         from sklearn.isotonic import IsotonicRegression  # fit-time only: predict needs numpy alone
 
         model = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0, increasing=True)
-        model.fit(scores, labels.astype(np.float64))
+        model.fit(scores, labels.astype(np.float64), sample_weight=weights)
         self.x_thresholds_ = np.asarray(model.X_thresholds_, dtype=np.float64)
         self.y_thresholds_ = np.asarray(model.y_thresholds_, dtype=np.float64)
 

@@ -6,7 +6,9 @@ The fit follows Platt (1999): instead of hard 0/1 targets it uses the prior-smoo
 slope finite on separable data and shrinks small sets towards the base rate. scikit-learn's
 ``LogisticRegression`` takes hard labels only, so every example enters twice, as class 1 with
 weight ``t`` and as class 0 with weight ``1 - t``: the weighted log-loss is then exactly the
-cross-entropy against the soft target ``t``. The penalty is made negligible (``C = 1e12``).
+cross-entropy against the soft target ``t``. The penalty is made negligible (``C = 1e12``). With
+``sample_weight`` both entries of an example are multiplied by its weight, and ``N+``/``N-`` are the
+classes' summed weights.
 """
 
 from __future__ import annotations
@@ -51,12 +53,15 @@ class PlattCalibrator(Calibrator):
     def __init__(self, prior_smoothing: bool = True) -> None:
         self.prior_smoothing = prior_smoothing
 
-    def _fit(self, scores: FloatArray, labels: NDArray[np.int64]) -> None:
+    def _fit(self, scores: FloatArray, labels: NDArray[np.int64], weights: FloatArray | None = None) -> None:
         from sklearn.linear_model import LogisticRegression  # fit-time only: predict needs numpy alone
 
         self._check_init()
-        n_pos = int(labels.sum())
-        n_neg = labels.size - n_pos
+        if weights is None:
+            n_pos: float = int(labels.sum())
+            n_neg: float = labels.size - n_pos
+        else:  # Platt's prior counts become the classes' weights
+            n_pos, n_neg = float(weights[labels == 1].sum()), float(weights[labels == 0].sum())
         if self.prior_smoothing:
             target = np.where(labels == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
         else:
@@ -65,6 +70,8 @@ class PlattCalibrator(Calibrator):
         x = np.concatenate([z, z])[:, None]
         y = np.concatenate([np.ones(z.size, dtype=np.int64), np.zeros(z.size, dtype=np.int64)])
         weight = np.concatenate([target, 1.0 - target])
+        if weights is not None:
+            weight = weight * np.concatenate([weights, weights])
         keep = weight > 0.0
         model = LogisticRegression(C=1e12, tol=1e-10, max_iter=1000)
         model.fit(x[keep], y[keep], sample_weight=weight[keep])

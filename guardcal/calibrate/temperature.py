@@ -41,13 +41,14 @@ class TemperatureCalibrator(Calibrator):
     method = "temperature"
     _fitted_scalars = ("temperature_",)
 
-    def _fit(self, scores: FloatArray, labels: NDArray[np.int64]) -> None:
+    def _fit(self, scores: FloatArray, labels: NDArray[np.int64], weights: FloatArray | None = None) -> None:
         from scipy.optimize import minimize_scalar  # fit-time only: predict needs numpy alone
 
         signed = np.where(labels == 1, 1.0, -1.0) * logit(scores, EPS)
 
-        def nll(log_t: float) -> float:  # mean -log sigmoid(+-z / T)
-            return float(np.mean(np.logaddexp(0.0, -signed * np.exp(-log_t))))
+        def nll(log_t: float) -> float:  # (weighted) mean -log sigmoid(+-z / T)
+            losses = np.logaddexp(0.0, -signed * np.exp(-log_t))
+            return float(np.mean(losses) if weights is None else np.average(losses, weights=weights))
 
         result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8})
         if not result.success or not np.isfinite(result.x):

@@ -169,6 +169,35 @@ def coverage_and_error(p_unsafe: ArrayLike, labels: ArrayLike, thresholds: Thres
     return {"coverage": n_auto / p.size, "error": errors / n_auto if n_auto else None, "n_auto": n_auto, "n": p.size}
 
 
+def binom_cdf(k: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """``P(Bin(n, alpha) <= k)`` for real ``k`` and ``n`` (the regularised incomplete beta ``I_{1-alpha}(n-k, k+1)``,
+    equal to scipy's binomial CDF at whole numbers); 1 where ``k >= n`` (no rejection possible)."""
+    from scipy.special import betainc
+
+    k_arr, n_arr = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    rest = np.maximum(n_arr - k_arr, 1e-300)
+    return np.where(k_arr >= n_arr, 1.0, betainc(rest, k_arr + 1.0, 1.0 - alpha))
+
+
+def _counts(
+    conf: NDArray[np.float64], wrong: NDArray[np.bool_], grid: NDArray[np.float64], weights: NDArray[np.float64] | None
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per candidate: rows auto-decided, and the sample size and errors the binomial test takes. Weighted,
+    those are the Kish effective size ``(sum w)^2 / sum w^2`` and ``weighted error share x n_eff``."""
+    order = np.argsort(conf)
+    n_rows = conf.size - np.searchsorted(conf[order], grid, side="left")  # auto-decided count at each candidate
+    top_wrong = wrong[order][::-1].astype(np.float64)
+    if weights is None:
+        k = np.concatenate([[0.0], np.cumsum(top_wrong)])[n_rows]  # errors among the n most confident
+        return n_rows, n_rows.astype(np.float64), k
+    w = weights[order][::-1]
+    sw, sw2, swk = (np.concatenate([[0.0], np.cumsum(v)])[n_rows] for v in (w, w**2, w * top_wrong))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_eff = np.where(sw2 > 0, sw**2 / np.where(sw2 > 0, sw2, 1.0), 0.0)
+        k_eff = np.where(sw > 0, swk / np.where(sw > 0, sw, 1.0), 0.0) * n_eff
+    return n_rows, n_eff, k_eff
+
+
 def _ltt(
     conf: NDArray[np.float64],
     wrong: NDArray[np.bool_],
@@ -176,16 +205,18 @@ def _ltt(
     delta: float,
     grid: NDArray[np.float64],
     start_errors: int = 0,
+    weights: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """Fixed-sequence LTT on one group; ``grid`` sorted high to low. Returns the group's facts."""
     from scipy.stats import binom  # calibration-time only
 
-    order = np.argsort(conf)
-    sorted_conf, cum_wrong = conf[order], np.concatenate([[0], np.cumsum(wrong[order][::-1])])
-    n = conf.size - np.searchsorted(sorted_conf, grid, side="left")  # auto-decided count at each candidate
-    k = cum_wrong[n]  # errors among the n most confident
-    p_values = binom.cdf(k, n, alpha)
-    testable = np.flatnonzero(binom.cdf(start_errors, n, alpha) <= delta)  # could reject with start_errors errors
+    n_rows, n, k = _counts(conf, wrong, grid, weights)
+    if weights is None:
+        p_values = binom.cdf(k, n, alpha)
+        could_reject = binom.cdf(start_errors, n, alpha)
+    else:
+        p_values, could_reject = binom_cdf(k, n, alpha), binom_cdf(start_errors, n, alpha)
+    testable = np.flatnonzero(could_reject <= delta)  # could reject with start_errors errors
     chosen: int | None = None
     if testable.size:
         for i in range(testable[0], grid.size):
@@ -195,8 +226,9 @@ def _ltt(
     met = chosen is not None
     i = chosen if met else 0
     threshold = float(grid[i]) if met else 1.0
-    n_auto, k_auto = (int(n[i]), int(k[i])) if met else (0, 0)
-    return {
+    n_auto = int(n_rows[i]) if met else 0
+    k_auto = (int(k[i]) if weights is None else float(k[i])) if met else 0
+    facts: dict[str, Any] = {
         "threshold": threshold,
         "met": met,
         "alpha": alpha,
@@ -206,8 +238,11 @@ def _ltt(
         "errors": k_auto,
         "p_value": float(p_values[i]) if met else None,
         "coverage": n_auto / conf.size if conf.size else 0.0,
-        "error": k_auto / n_auto if n_auto else None,
+        "error": k_auto / n_auto if n_auto and weights is None else None,
     }
+    if weights is not None:  # errors and error are the weighted ones, on n_eff
+        facts.update(n_eff=float(n[i]) if met else 0.0, error=float(k[i] / n[i]) if met and n[i] > 0 else None)
+    return facts
 
 
 def _start_errors(value: int | Mapping[str, int]) -> dict[str, int]:
@@ -230,6 +265,7 @@ def risk_controlled_thresholds(
     target_error_unsafe: float | None = None,
     grid: ArrayLike | None = None,
     start_errors: int | Mapping[str, int] = 0,
+    sample_weight: ArrayLike | None = None,
 ) -> Thresholds:
     """Thresholds whose auto-decided error is <= ``target_error`` with probability >= 1 - ``delta``.
 
@@ -254,6 +290,11 @@ def risk_controlled_thresholds(
         The walk starts at the first candidate where this many errors could still be rejected (module
         docstring); fix it before looking at these labels (e.g. with :func:`choose_start_errors` on
         other rows).
+    sample_weight : array_like, optional
+        Per-row weights (e.g. ``1 / p`` for reviewed audit samples drawn with probability ``p``): each
+        candidate's test then takes the weighted error share on the Kish effective sample size
+        ``(sum w)^2 / sum w^2`` (:func:`binom_cdf` at real arguments). Exact when the weights are equal; an
+        approximation otherwise (docs/review.md). None: the unweighted test, unchanged.
 
     Returns
     -------
@@ -275,10 +316,12 @@ def risk_controlled_thresholds(
         raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
     conf, pred_unsafe = confidence(p), p >= 0.5
     wrong = pred_unsafe != (y == 1)
+    weights = None if sample_weight is None else _weights(sample_weight, p.size)
 
     def group(mask: NDArray[np.bool_], alpha: float, level: float, start: int) -> dict[str, Any]:
         values = np.unique(np.append(conf[mask], 1.0)) if candidates is None else np.unique(candidates)
-        return {**_ltt(conf[mask], wrong[mask], alpha, level, values[::-1], start), "start_errors": start}
+        w = None if weights is None else weights[mask]
+        return {**_ltt(conf[mask], wrong[mask], alpha, level, values[::-1], start, w), "start_errors": start}
 
     if per_label:
         groups = {
@@ -300,12 +343,20 @@ def risk_controlled_thresholds(
         "grid": "calibration confidences + 1.0" if candidates is None else f"{candidates.size} given values",
         "start_errors": starts,
         "n": int(p.size),
+        "weighted": weights is not None,
         "groups": groups,
         "flags": flags,
     }
     result = Thresholds(safe_t, unsafe_t, "risk_controlled", details, tuple(failed))
     details["calibration"] = coverage_and_error(p, y, result)
     return result
+
+
+def _weights(sample_weight: ArrayLike, n: int) -> NDArray[np.float64]:
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if w.size != n or not np.all(np.isfinite(w)) or np.any(w < 0.0):
+        raise CalibrationError(f"sample_weight needs {n} finite weights >= 0, one per row")
+    return w
 
 
 START_ERROR_CHOICES: tuple[int, ...] = (0, 1, 2, 3, 4, 6, 8)
@@ -319,6 +370,7 @@ def choose_start_errors(
     delta: float,
     target_error_unsafe: float | None = None,
     choices: Sequence[int] = START_ERROR_CHOICES,
+    sample_weight: ArrayLike | None = None,
 ) -> dict[str, int]:
     """Per predicted label, the ``start_errors`` whose walk auto-decides the most of *these* rows.
 
@@ -330,7 +382,7 @@ def choose_start_errors(
     for s in choices:
         groups = risk_controlled_thresholds(
             p_unsafe, labels, target_error=target_error, delta=delta,
-            target_error_unsafe=target_error_unsafe, start_errors=s,
+            target_error_unsafe=target_error_unsafe, start_errors=s, sample_weight=sample_weight,
         ).details["groups"]  # fmt: skip
         for label in (SAFE, UNSAFE):
             covered = float(groups[label]["n_auto"])

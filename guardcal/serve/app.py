@@ -2,7 +2,9 @@
 
 Nothing is built at import time. The lifespan loads and validates the calibration bundle,
 starts the backend, checks the bundle against the backend's identity (refusing to start on a
-mismatch), opens the outbox, starts its delivery worker and warms the backend up. On shutdown
+mismatch), opens the outbox, starts its delivery worker and warms the backend up. Under :func:`serve`,
+SIGHUP reads the bundle file again and swaps it in if it fits (``GuardService.reload_bundle``; also
+``POST /admin/reload-bundle``). On shutdown
 (SIGTERM under uvicorn: in-flight requests finish first, up to ``drain_timeout_s``) it stops
 taking requests, lets the outbox worker finish its batch, and closes hooks and backend; pending
 escalations stay in the outbox file for the next start.
@@ -10,7 +12,9 @@ escalations stay in the outbox file for the next start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,10 +23,14 @@ from fastapi import Depends, FastAPI
 
 from guardcal import __version__
 from guardcal.backends.base import ClassifierBackend
+from guardcal.serve.admin_routes import admin_router
 from guardcal.serve.deps import AuthMiddleware, KeyRing, require_metrics
+from guardcal.serve.errors import BundleRefusedError
 from guardcal.serve.handlers import BodyLimitMiddleware, install_error_handlers
 from guardcal.serve.hooks import EscalationHook, load_hooks
 from guardcal.serve.metrics import ServeMetrics, attach_metrics
+from guardcal.serve.review_routes import review_router
+from guardcal.serve.reviews import ReviewHook, ReviewStore
 from guardcal.serve.routes import router
 from guardcal.serve.service import GuardService, load_bundle
 from guardcal.serve.settings import ServeSettings
@@ -58,14 +66,19 @@ def create_app(
     *,
     hooks: Sequence[EscalationHook] | None = None,
     metrics: ServeMetrics | None = None,
+    reload_on_sighup: bool = False,
 ) -> FastAPI:
-    """The guardcal HTTP app for ``backend``; ``hooks`` replaces the configured hooks (tests)."""
+    """The guardcal HTTP app for ``backend``; ``hooks`` replaces the configured hooks (tests);
+    ``reload_on_sighup`` swaps the bundle in anew on SIGHUP (the process's main thread only)."""
     metrics = metrics if metrics is not None else ServeMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = list(hooks) if hooks is not None else load_hooks(settings)
-        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics)
+        store = ReviewStore(settings.review_path()) if settings.reviews else None
+        if store is not None and "review" not in {h.name for h in chosen}:
+            chosen.append(ReviewHook(store))
+        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics, reviews=store)
         app.state.service = service
         try:
             await service.start()
@@ -73,9 +86,13 @@ def create_app(
             app.state.service = None
             await service.aclose()
             raise
+        if reload_on_sighup:
+            watch_sighup(service)
         try:
             yield
         finally:
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             _log.info("guardcal shutting down; pending escalations stay in %s", settings.outbox)
             await service.aclose()
 
@@ -96,15 +113,36 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.state.keyring = KeyRing(settings.key_scopes())
+    app.state.keyring = KeyRing.from_entries(settings.key_entries())
     app.state.service = None
     install_error_handlers(app, metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     # added last, so it runs first: a caller without a valid key is refused before the body is read
     app.add_middleware(AuthMiddleware, keyring=app.state.keyring, settings=settings, metrics=metrics)
     app.include_router(router)
+    app.include_router(review_router)
+    app.include_router(admin_router)
     attach_metrics(app, metrics, dependencies=[Depends(require_metrics)])
     return app
+
+
+def watch_sighup(service: GuardService) -> None:
+    """On SIGHUP, reload the bundle (a refusal is logged, and the running policy stays)."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[tuple[str, str]]] = set()
+
+    async def reload() -> tuple[str, str]:
+        try:
+            return await service.reload_bundle()
+        except BundleRefusedError:
+            return service.policy_version, service.policy_version  # logged by the service
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
 def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
@@ -113,7 +151,7 @@ def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
 
     # guardcal's own INFO lines (never scores); guardcal.audit stays silent unless set to DEBUG
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, backend)
+    app = create_app(settings, backend, reload_on_sighup=True)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -6,9 +6,12 @@ never reads, decodes or validates the body of a caller it does not know. The cal
 admitted is left in the ASGI scope for the route dependencies (:func:`authenticate`).
 
 Scopes: ``classify`` (``POST /classify``: label and action), ``internal`` (``/classify`` with the
-calibrated confidence, and ``/metrics``) and ``metrics`` (``/metrics`` only, for Prometheus: it
-cannot classify, so it never sees a per-request confidence). ``/healthz`` and ``/readyz`` (and
-``/docs`` in dev) need no key. Keys are compared as SHA-256 digests with
+calibrated confidence, ``/metrics`` and ``/admin/*``), ``metrics`` (``/metrics`` only, for Prometheus: it
+cannot classify, so it never sees a per-request confidence) and ``review`` (the review queue, verdicts
+and console; a review key is named, ``KEY:review@NAME``, and verdicts are recorded under that name).
+``/healthz`` and ``/readyz`` (and ``/docs`` in dev) need no key. The review paths also take the key as
+the password of HTTP Basic auth (any user name), so a browser can open the console: its 401 asks for
+it. The review and admin paths always need a key, loopback callers included. Keys are compared as SHA-256 digests with
 :func:`hmac.compare_digest` against every configured key (no early exit), and are never logged.
 Without configured keys the server answers only loopback callers (scope ``classify``, plus
 ``/metrics``), unless ``insecure`` is set.
@@ -16,6 +19,8 @@ Without configured keys the server answers only loopback callers (scope ``classi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -39,60 +44,115 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 #: paths any caller may reach (probes; the docs only exist with ``dev``)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 #: scopes allowed on each guarded path; any other path needs a valid key of any scope (then 404/405)
+#: the review surface (console, its assets, queue and verdicts): review keys, Bearer or Basic
+REVIEW_PATHS = frozenset(
+    {"/review", "/review/app.js", "/review/app.css", "/reviews", "/reviews/queue", "/reviews/audit"}
+)
+ADMIN_PATHS = frozenset({"/admin/reload-bundle"})
 PATH_SCOPES: dict[str, frozenset[Scope]] = {
     "/classify": frozenset({"classify", "internal"}),
     "/metrics": frozenset({"metrics", "internal"}),
+    **{path: frozenset({"review"}) for path in REVIEW_PATHS},
+    **{path: frozenset({"internal"}) for path in ADMIN_PATHS},
+    "/reviews/audit": frozenset({"review", "internal"}),  # aggregate estimates only
 }
+#: the methods each guarded path serves: another method is left to routing (405), whatever the key's scope
+PATH_METHODS: dict[str, frozenset[str]] = {
+    "/classify": frozenset({"POST"}),
+    "/metrics": frozenset({"GET"}),
+    "/reviews": frozenset({"POST"}),
+    "/admin/reload-bundle": frozenset({"POST"}),
+}
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="guardcal review", charset="UTF-8"'}
 CALLER_KEY = "guardcal.caller"
 
 
 class KeyRing:
-    """Configured API keys, held as digests, each with its scope."""
+    """Configured API keys, held as digests, each with its scope (and name, ``KEY:SCOPE@NAME``)."""
 
-    def __init__(self, keys: Mapping[str, Scope]) -> None:
-        self._entries = [(hashlib.sha256(k.encode()).digest(), scope) for k, scope in keys.items()]
+    def __init__(self, keys: Mapping[str, Scope], names: Mapping[str, str | None] | None = None) -> None:
+        self._entries = [
+            (hashlib.sha256(k.encode()).digest(), scope, (names or {}).get(k)) for k, scope in keys.items()
+        ]
+
+    @classmethod
+    def from_entries(cls, entries: Mapping[str, tuple[Scope, str | None]]) -> KeyRing:
+        return cls({k: scope for k, (scope, _) in entries.items()}, {k: name for k, (_, name) in entries.items()})
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def scope_for(self, presented: str) -> Scope | None:
-        """The scope of ``presented``, or None; time does not depend on which key matched."""
+    def lookup(self, presented: str) -> tuple[Scope, str | None] | None:
+        """The scope and name of ``presented``, or None; time does not depend on which key matched."""
         digest = hashlib.sha256(presented.encode()).digest()
-        found: Scope | None = None
-        for known, scope in self._entries:
+        found: tuple[Scope, str | None] | None = None
+        for known, scope, name in self._entries:
             if hmac.compare_digest(known, digest):
-                found = scope
+                found = (scope, name)
         return found
+
+    def scope_for(self, presented: str) -> Scope | None:
+        """The scope of ``presented``, or None."""
+        found = self.lookup(presented)
+        return None if found is None else found[0]
 
 
 @dataclass(frozen=True)
 class Caller:
     scope: Scope
     authenticated: bool
+    name: str | None = None
+    basic: bool = False  # the key came as HTTP Basic auth (a browser): state changes need a same-origin JSON POST
 
 
-def identify(keyring: KeyRing, settings: ServeSettings, headers: Headers, client: str | None, path: str) -> Caller:
+def _presented_key(headers: Headers, path: str) -> tuple[str, bool]:
+    """The key from ``Authorization`` (Bearer; Basic on the review paths) and whether it came as Basic."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip(), False
+    if scheme.lower() == "basic" and path in REVIEW_PATHS:
+        try:
+            _, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return "", True
+        return password, True
+    return "", False
+
+
+def identify(
+    keyring: KeyRing, settings: ServeSettings, headers: Headers, client: str | None, path: str, method: str = "GET"
+) -> Caller:
     """The caller of ``path`` from the request headers alone; ApiError 401/403 when refused."""
+    keyed_path = path in REVIEW_PATHS or path in ADMIN_PATHS
+    challenge = {**_CHALLENGE, **_BASIC_CHALLENGE} if path in REVIEW_PATHS else _CHALLENGE
     if not len(keyring):
+        if keyed_path:
+            scope = "review" if path in REVIEW_PATHS else "internal"
+            raise ApiError(
+                403, f"{path} needs an API key with the {scope!r} scope, and this server has none; set "
+                f"GUARDCAL_API_KEYS (e.g. KEY:{scope}{'@NAME' if scope == 'review' else ''})",
+            )  # fmt: skip
         if settings.insecure or is_loopback(client):
             return Caller("classify", authenticated=False)
         _log.warning("refused a non-local caller: no API keys are configured")
         raise ApiError(
             403, "this server has no API keys and serves local callers only; ask the operator for a key", _CHALLENGE
         )
-    scheme, _, presented = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    presented, basic = _presented_key(headers, path)
+    if not presented.strip():
         _log.warning("refused a request without a bearer API key on %s", path)
-        raise ApiError(401, "missing API key; send 'Authorization: Bearer <key>'", _CHALLENGE)
-    scope = keyring.scope_for(presented.strip())
-    if scope is None:
+        raise ApiError(401, "missing API key; send 'Authorization: Bearer <key>'", challenge)
+    found = keyring.lookup(presented.strip())
+    if found is None:
         _log.warning("refused a request with an unknown API key on %s", path)
-        raise ApiError(401, "invalid API key", _CHALLENGE)
+        raise ApiError(401, "invalid API key", challenge)
+    scope, name = found
     allowed = PATH_SCOPES.get(path)
-    if allowed is not None and scope not in allowed:
+    served = method.upper() in PATH_METHODS.get(path, frozenset({"GET"}))
+    if allowed is not None and scope not in allowed and served:
         _log.warning("refused a %r key on %s", scope, path)
         raise ApiError(403, f"{path} needs an API key with the {' or '.join(repr(s) for s in sorted(allowed))} scope")
-    return Caller(scope, authenticated=True)
+    return Caller(scope, authenticated=True, name=name, basic=basic)
 
 
 class AuthMiddleware:
@@ -108,7 +168,9 @@ class AuthMiddleware:
         client = scope.get("client")
         host = client[0] if client else None
         try:
-            caller = identify(self.keyring, self.settings, Headers(scope=scope), host, scope["path"])
+            caller = identify(
+                self.keyring, self.settings, Headers(scope=scope), host, scope["path"], scope.get("method", "GET")
+            )
         except ApiError as exc:
             self.metrics.rejected.labels(code=str(exc.status)).inc()
             # answered without calling receive(): the body is never read (uvicorn drops the connection's rest)
@@ -136,7 +198,8 @@ def authenticate(request: Request) -> Caller:
     if isinstance(caller, Caller):
         return caller
     client = request.client.host if request.client else None
-    return identify(request.app.state.keyring, request.app.state.settings, request.headers, client, request.url.path)
+    state = request.app.state
+    return identify(state.keyring, state.settings, request.headers, client, request.url.path, request.method)
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -7,6 +7,7 @@
           │    └── NotStoredError an escalation could not be stored by the deadline: 503
           │         └── OutboxFullError  the outbox is at its size cap (outbox_max_bytes)
           ├── OverloadedError     the request queue is full: answered 429 with Retry-After
+          ├── BundleRefusedError  a bundle reload was refused (does not fit, unreadable): the old one stays
           └── HookDeliveryError   an escalation hook could not deliver: retried by the outbox
 
 ``guardcal.errors.BackendError`` (a backend failed or returned unusable scores) is answered
@@ -36,6 +37,10 @@ class NotStoredError(NotReadyError):
 
 class OverloadedError(ServeError, RuntimeError):
     """Every slot of the bounded request queue is taken."""
+
+
+class BundleRefusedError(ServeError, RuntimeError):
+    """A new calibration bundle was not swapped in: unreadable, or it does not fit the running model."""
 
 
 class HookDeliveryError(ServeError, RuntimeError):

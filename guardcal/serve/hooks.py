@@ -77,6 +77,7 @@ def escalation_payload(
     context: Mapping[str, Any],
     redact: bool,
     scored: Mapping[str, Any] | None = None,
+    audit_probability: float | None = None,
 ) -> dict[str, Any]:
     """The JSON document every hook receives for one escalation.
 
@@ -89,6 +90,9 @@ def escalation_payload(
     many windows the input was scored as, every one of them), ``decisive_window`` (the one whose
     calibrated P(unsafe) decided, 0-based) and ``window_p_unsafe_raw`` (each window's raw P(unsafe));
     all None when nothing was scored (failed closed) or the backend did not say.
+    ``audit_probability`` marks an audit sample: a confident decision (``action`` allow or block, as
+    answered) drawn for review with that probability; its ``reason`` is ``audit``. Every payload says
+    ``sampling_probability``: 1 for an escalation, the audit rate for an audit sample.
     """
     raw_conf = None if p_unsafe_raw is None else max(p_unsafe_raw, 1.0 - p_unsafe_raw)
     payload: dict[str, Any] = {
@@ -96,7 +100,8 @@ def escalation_payload(
         "label": decision.label,
         "action": decision.policy_action,
         "response_action": decision.action,
-        "reason": decision.reason,
+        "reason": decision.reason if audit_probability is None else "audit",
+        "sampling_probability": 1.0 if audit_probability is None else audit_probability,
         "confidence": decision.confidence,
         "p_unsafe": decision.p_unsafe,
         "raw_confidence": raw_conf,

@@ -90,12 +90,14 @@ async def classify(
     require_scope(request, caller)
     texts: list[Any] = [conversation_of(body, settings)] if body.messages is not None else body.texts()
     check_limits(texts, settings)
-    verdicts = await service.classify(texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope)
+    verdicts, policy_version = await service.classify_versioned(
+        texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope
+    )
     response.headers["Cache-Control"] = "no-store"
     versions = {
         "request_id": body.request_id,
         "model_version": service.model_version,
-        "policy_version": service.policy_version,
+        "policy_version": policy_version,
     }
     if body.batched:
         return BatchClassifyResponse(results=verdicts, **versions)

@@ -12,32 +12,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from guardcal.backends.base import IDENTITY_KEYS, ClassifierBackend, check_identity
+from guardcal.calibrate.audit import ErrorEstimate, audit_estimates, bundle_targets
+from guardcal.calibrate.base import Calibrator
 from guardcal.calibrate.bundle import CalibrationBundle
-from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
+from guardcal.calibrate.thresholds import Thresholds
 from guardcal.core.confidence import Scores
 from guardcal.errors import BackendError, CalibrationError, InputTooLongError
-from guardcal.serve.errors import NotReadyError, NotStoredError, OutboxFullError, OverloadedError, StartupError
+from guardcal.serve.active import ActivePolicy, check_fits, digest
+from guardcal.serve.active import resolve_thresholds as resolve_thresholds  # re-exported
+from guardcal.serve.errors import (
+    BundleRefusedError,
+    NotReadyError,
+    NotStoredError,
+    OutboxFullError,
+    OverloadedError,
+    StartupError,
+)
 from guardcal.serve.hooks import EscalationHook, escalation_payload
-from guardcal.serve.metrics import ServeMetrics
+from guardcal.serve.metrics import ServeMetrics, confidence_bin
 from guardcal.serve.outbox import DeliveryWorker, Outbox
 from guardcal.serve.policy import Decision, decide_batch, fail_closed
 from guardcal.serve.protocol import Verdict
 from guardcal.serve.readings import readings
+from guardcal.serve.reviews import ReviewHook, ReviewStore, VerdictResult
 from guardcal.serve.settings import Scope, ServeSettings
-from guardcal.types import LABELS
 
 WARM_UP_TEXT = "Hello, how are you today?"
 #: part of a request's deadline kept for the outbox write: scoring stops this much earlier (a quarter, at most
@@ -59,25 +71,6 @@ def load_bundle(settings: ServeSettings) -> CalibrationBundle | None:
         return CalibrationBundle.load(path)
     except CalibrationError as exc:
         raise StartupError(f"cannot use calibration bundle: {exc}") from None
-
-
-def resolve_thresholds(settings: ServeSettings, bundle: CalibrationBundle | None) -> Thresholds:
-    """``escalate_below`` (1.0: escalate everything) > the bundle's thresholds; neither is refused."""
-    if settings.escalate_below is not None:
-        if settings.escalate_below >= 1.0:
-            return Thresholds(1.0, 1.0, "fixed", {"escalate_below": 1.0}, LABELS)
-        return fixed_thresholds(settings.escalate_below)
-    if bundle is not None:
-        return bundle.get_thresholds()
-    raise StartupError(  # ServeSettings refuses this already; kept for settings built without validation
-        "no calibration bundle and no escalate_below: pass --bundle FILE from guardcal calibrate, or "
-        "--bundle none --escalate-below P"
-    )
-
-
-def _digest(prefix: str, value: Any) -> str:
-    blob = json.dumps(value, sort_keys=True, default=str).encode()
-    return prefix + hashlib.sha256(blob).hexdigest()[:12]
 
 
 class Admission:
@@ -123,11 +116,18 @@ class GuardService:
         hooks: Sequence[EscalationHook],
         metrics: ServeMetrics,
         outbox: Outbox | None = None,
+        reviews: ReviewStore | None = None,
     ) -> None:
-        self.backend, self.bundle, self.settings, self.metrics = backend, bundle, settings, metrics
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+        self.reviews = reviews
         self.hooks = list(hooks)
-        self.thresholds = resolve_thresholds(settings, bundle)
-        self.calibrator = bundle.calibrator() if bundle is not None else None
+        for hook in self.hooks:
+            if isinstance(hook, ReviewHook):
+                hook.on_stored = self.refresh_queue
+        self.policy = ActivePolicy.build(settings, bundle)
+        self.audit_rate = settings.audit_rate
+        self._draw = random.Random()  # audit draws: independent of the input and its label
+        self._reload_lock = asyncio.Lock()
         self.outbox = outbox if outbox is not None else Outbox(settings.outbox, max_bytes=settings.outbox_max_bytes)
         self.worker = DeliveryWorker(
             self.outbox,
@@ -141,10 +141,26 @@ class GuardService:
         )
         self.admission = Admission(settings.queue_size, settings.max_concurrency, metrics)
         self.identity: dict[str, Any] = {}
-        self.model_version = self.policy_version = "unknown"
+        self.model_version = "unknown"
         self._started = self._draining = False
         self.failures_in_a_row = 0
         self._probed_at = -PROBE_EVERY_S
+
+    @property
+    def bundle(self) -> CalibrationBundle | None:
+        return self.policy.bundle
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.policy.thresholds
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        return self.policy.calibrator
+
+    @property
+    def policy_version(self) -> str:
+        return self.policy.version
 
     @property
     def worker_died(self) -> bool:
@@ -211,11 +227,13 @@ class GuardService:
         except (CalibrationError, BackendError) as exc:
             await self.backend.aclose()
             raise StartupError(f"refusing to start: the calibration bundle does not fit the backend: {exc}") from None
-        self.model_version = _digest("m-", {k: self.identity[k] for k in IDENTITY_KEYS})
-        calibration = None if self.bundle is None else {"method": self.bundle.method, "params": self.bundle.params}
-        policy = {"calibration": calibration, "thresholds": self.thresholds.to_dict()}
-        self.policy_version = _digest("p-", {**policy, "mode": self.settings.mode, "fail": self.settings.fail_action})
+        self.model_version = digest("m-", {k: self.identity[k] for k in IDENTITY_KEYS})
         self.outbox.open()
+        if self.reviews is not None:
+            self.reviews.open()
+            if "review" not in self.settings.key_scopes().values():
+                _log.warning("--reviews is on but no API key has the review scope: add KEY:review@NAME to review")
+        await self.refresh_reviews()
         self.worker.start()
         await self._warm_up()
         self._started = True
@@ -240,6 +258,60 @@ class GuardService:
                 "backend warm-up request failed (%s); requests will fail closed until it recovers", type(exc).__name__
             )
 
+    async def verdict_recorded(self, result: VerdictResult) -> None:
+        """A reviewer's verdict was stored (review_routes): count it, refresh the queue depth and estimates."""
+        item = result.item
+        agreement = "agree" if result.label == item["label"] else "disagree"
+        bin_ = confidence_bin(item["confidence"])
+        self.metrics.verdicts.labels(kind=item["kind"], agreement=agreement, confidence_bin=bin_).inc()
+        await self.refresh_reviews()
+
+    async def refresh_reviews(self) -> None:
+        """Export the review queue's depth and the running policy's audit estimates (after a verdict, a new
+        item, a bundle swap, and at start)."""
+        await self.refresh_queue()
+        estimates = await self.audit_report()
+        self.metrics.set_audit(estimates, bundle_targets(self.policy.thresholds.to_dict()))
+
+    async def refresh_queue(self) -> None:
+        if self.reviews is not None:
+            self.metrics.review_queue.set(await self.reviews.pending())
+
+    async def audit_report(self) -> dict[str, ErrorEstimate]:
+        """The auto-decision error per predicted label, estimated from the reviewed audit samples of the running
+        model and policy (``calibrate.audit``), each compared with the bundle's risk-control target."""
+        if self.reviews is None:
+            return {}
+        policy = self.policy
+        rows = await self.reviews.audited(self.model_version, policy.version)
+        targets = bundle_targets(policy.thresholds.to_dict())
+        return audit_estimates(((r["label"], r["verdict"], r["sampling_probability"]) for r in rows), targets)
+
+    async def reload_bundle(self) -> tuple[str, str]:
+        """Swap in the configured bundle file anew (SIGHUP, ``POST /admin/reload-bundle``); returns the previous
+        and the new policy version. A bundle that cannot be read or does not fit the running model (the
+        start-up check) raises BundleRefusedError and the running policy stays. Requests in flight finish on
+        the policy they began with; the next ones take the new one."""
+        async with self._reload_lock:
+            path = self.settings.bundle_path()
+            old = self.policy
+            try:
+                if path is None:
+                    raise CalibrationError("this server runs without a calibration bundle (--bundle none)")
+                bundle = await asyncio.to_thread(CalibrationBundle.load, path)
+                check_fits(bundle, self.identity, self.settings)
+                policy = ActivePolicy.build(self.settings, bundle)
+            except (CalibrationError, StartupError) as exc:
+                self.metrics.bundle_reloads.labels(outcome="refused").inc()
+                _log.error("bundle reload refused, still serving policy_version=%s: %s", old.version, exc)
+                raise BundleRefusedError(f"the bundle was not swapped in: {exc}") from None
+            self.policy = policy
+            self.metrics.bundle_reloads.labels(outcome="swapped").inc()
+            _log.info("bundle reloaded from %s: policy_version %s -> %s", path, old.version, policy.version)
+            _audit.debug("thresholds %s", json.dumps(policy.thresholds.to_dict(), default=str))
+        await self.refresh_reviews()
+        return old.version, policy.version
+
     async def aclose(self) -> None:
         """Stop taking requests, stop the outbox worker (pending rows stay), close hooks and backend."""
         self._draining = True
@@ -251,6 +323,8 @@ class GuardService:
                     await closer()
         await self.backend.aclose()
         self.outbox.close()
+        if self.reviews is not None:
+            self.reviews.close()
         self._started = False
 
     async def classify(
@@ -264,20 +338,35 @@ class GuardService:
         """One verdict per text; raises NotReadyError (not serving; or an escalation that could not be
         stored with ``fail_action`` escalate) or OverloadedError (queue full).
 
-        One deadline (``request_timeout_s``) covers the queue, scoring and the outbox write.
+        One deadline (``request_timeout_s``) covers the queue, scoring and the outbox write. The request
+        decides with the policy active when it began, even if a new bundle is swapped in meanwhile.
         """
+        verdicts, _ = await self.classify_versioned(texts, request_id=request_id, metadata=metadata, scope=scope)
+        return verdicts
+
+    async def classify_versioned(
+        self,
+        texts: list[str],
+        *,
+        request_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        scope: Scope = "classify",
+    ) -> tuple[list[Verdict], str]:
+        """:meth:`classify`, and the version of the policy that decided (a swap may land while it runs)."""
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         reason = self._not_serving()
         if reason is not None:
             raise NotReadyError(reason)
         started = time.perf_counter()
+        policy = self.policy
         async with self.admission.admit():
-            decisions, raw, scored = await self._decide(texts, deadline)
+            decisions, raw, scored = await self._decide(texts, deadline, policy)
         ids = [uuid.uuid4().hex for _ in texts]
-        decisions = await self._escalate(ids, decisions, raw, texts, request_id, metadata, deadline, scored)
+        job = Escalation(ids, decisions, raw, texts, scored, self._audits(decisions))
+        decisions = await self._escalate(job, policy, request_id, metadata, deadline)
         self._record(ids, decisions, raw, request_id, time.perf_counter() - started, scored)
         internal = scope == "internal"
-        return [
+        verdicts = [
             Verdict(
                 id=vid,
                 label=d.label,
@@ -286,6 +375,14 @@ class GuardService:
             )
             for vid, d in zip(ids, decisions, strict=True)
         ]
+        return verdicts, policy.version
+
+    def _audits(self, decisions: list[Decision]) -> list[int]:
+        """The confident decisions drawn for audit, each independently with probability ``audit_rate``."""
+        rate = self.audit_rate
+        if rate <= 0.0:
+            return []
+        return [i for i, d in enumerate(decisions) if d.reason == "confident" and self._draw.random() < rate]
 
     async def _scored(self, texts: list[str]) -> Scores:
         async with self.admission.scoring():
@@ -297,7 +394,7 @@ class GuardService:
         return deadline - (min(WRITE_RESERVE_MAX_S, WRITE_RESERVE_FRACTION * timeout) if self.hooks else 0.0)
 
     async def _decide(
-        self, texts: list[str], deadline: float
+        self, texts: list[str], deadline: float, policy: ActivePolicy
     ) -> tuple[list[Decision], list[float | None], list[dict[str, Any] | None]]:
         """Decisions, the raw (uncalibrated) P(unsafe) of each text and what was scored (``serve.readings``:
         a long text is decided on its highest calibrated window); failures fail closed. InputTooLongError
@@ -307,7 +404,7 @@ class GuardService:
         try:
             async with asyncio.timeout_at(self._scoring_deadline(deadline)):
                 scores = await self._scored(texts)
-            read = readings(scores, n, self.calibrator)
+            read = readings(scores, n, policy.calibrator)
         except InputTooLongError:
             raise  # refused whole (413), never decided on a part of it
         except TimeoutError:
@@ -327,56 +424,42 @@ class GuardService:
             return [fail_closed("backend_error", mode=mode, fail_action=fail)] * n, [None] * n, [None] * n
         self.failures_in_a_row = 0
         decisions = decide_batch(
-            read.p_cal, read.decided, self.thresholds, mode=mode, fail_action=fail, escalate=read.escalate
+            read.p_cal, read.decided, policy.thresholds, mode=mode, fail_action=fail, escalate=read.escalate
         )
         raw = [float(p) if d.p_unsafe is not None else None for p, d in zip(read.p_raw, decisions, strict=True)]
         return decisions, raw, read.scored
 
     async def _escalate(
         self,
-        ids: list[str],
-        decisions: list[Decision],
-        raw: list[float | None],
-        texts: list[str],
+        job: Escalation,
+        policy: ActivePolicy,
         request_id: str | None,
         metadata: Mapping[str, str] | None,
         deadline: float,
-        scored: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[Decision]:
-        """Write every escalation to the outbox, by the request's deadline, before the request is answered.
+        """Write every escalation (and audit sample) to the outbox, by the request's deadline, before the
+        request is answered.
 
         Returns the decisions to answer. An escalation that could not be stored is never answered
         ``escalate``: in enforce mode it gets the fail action ``block``, or, with the fail action
         ``escalate``, the request is refused (NotStoredError: 503). Shadow mode answers ``allow`` anyway.
+        An audit sample that could not be stored is counted and dropped: the caller's answer stands.
         """
+        decisions = job.decisions
         picked = [i for i, d in enumerate(decisions) if d.escalated]
-        if not picked or not self.hooks:
+        if not (picked or job.audits) or not self.hooks:
             return decisions
         context = {
             "request_id": request_id,
             "metadata": dict(metadata or {}),
             "mode": self.settings.mode,
-            "thresholds": {k: v for k, v in self.thresholds.to_dict().items() if k != "details"},
+            "thresholds": {k: v for k, v in policy.thresholds.to_dict().items() if k != "details"},
             "model": self.identity,
             "model_version": self.model_version,
-            "policy_version": self.policy_version,
+            "policy_version": policy.version,
         }
-        redact = self.settings.redact_input
-        items = [
-            (
-                ids[i],
-                escalation_payload(
-                    ids[i],
-                    decisions[i],
-                    text=texts[i],
-                    p_unsafe_raw=raw[i],
-                    context=context,
-                    redact=redact,
-                    scored=scored[i] if scored is not None else None,
-                ),
-            )
-            for i in picked
-        ]
+        items = [job.payload(i, context, self.settings.redact_input) for i in picked]
+        items += [job.payload(i, context, self.settings.redact_input, self.audit_rate) for i in job.audits]
         write = asyncio.ensure_future(self.outbox.enqueue(items, [h.name for h in self.hooks]))
         try:
             # shielded: a write that outlives the deadline still finishes (and is then delivered)
@@ -385,9 +468,15 @@ class GuardService:
         except Exception as exc:  # never answer "escalate" for what will not be delivered
             if not write.done():
                 write.add_done_callback(self._late_write)
-            return self._not_stored(decisions, picked, exc)
+            self._count_audits(job, "not_stored")
+            return self._not_stored(decisions, picked, exc) if picked else decisions
+        self._count_audits(job, "stored")
         self.worker.wake()
         return decisions
+
+    def _count_audits(self, job: Escalation, outcome: str) -> None:
+        for i in job.audits:
+            self.metrics.audit_samples.labels(label=job.decisions[i].label, outcome=outcome).inc()
 
     def _late_write(self, write: asyncio.Future[None]) -> None:
         if not write.cancelled() and write.exception() is None:
@@ -448,6 +537,33 @@ class GuardService:
             "classified request_id=%s n=%d allow=%d block=%d escalate=%d ms=%d",
             request_id, len(decisions), counts["allow"], counts["block"], counts["escalate"], int(took * 1000),
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """One request's decisions and what the hooks are told about those escalated or audited."""
+
+    ids: list[str]
+    decisions: list[Decision]
+    raw: list[float | None]
+    texts: list[str]
+    scored: Sequence[Mapping[str, Any] | None] | None
+    audits: list[int]
+
+    def payload(
+        self, i: int, context: Mapping[str, Any], redact: bool, audit_probability: float | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        body = escalation_payload(
+            self.ids[i],
+            self.decisions[i],
+            text=self.texts[i],
+            p_unsafe_raw=self.raw[i],
+            context=context,
+            redact=redact,
+            scored=self.scored[i] if self.scored is not None else None,
+            audit_probability=audit_probability,
+        )
+        return self.ids[i], body
 
 
 def _readings(scores: Scores, n: int) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:

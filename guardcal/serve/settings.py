@@ -12,6 +12,7 @@ import contextvars
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -31,8 +32,10 @@ from guardcal.models.default import DEFAULT_MODEL, guardcal_home
 from guardcal.models.shipped import DEFAULT_REASONING_BUDGET, shipped_setup
 from guardcal.serve.signing import parse_secret
 
-Scope = Literal["classify", "internal", "metrics"]
-SCOPES: tuple[Scope, ...] = ("classify", "internal", "metrics")
+Scope = Literal["classify", "internal", "metrics", "review"]
+SCOPES: tuple[Scope, ...] = ("classify", "internal", "metrics", "review")
+#: a key's name (``KEY:SCOPE@NAME``): who reviewed, for ``review`` keys (required there)
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: settings that hold secrets: never command-line flags (argv is visible to every user in ``ps``)
 SECRET_FIELDS = ("api_keys", "webhook_secret")
 MIN_KEY_CHARS = 16
@@ -51,22 +54,33 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def parse_api_keys(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, Scope]:
-    """Parse ``"key1:classify,key2:internal,key3:metrics"`` (commas or new lines; ``#`` starts a comment).
+def parse_api_key_entries(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, tuple[Scope, str | None]]:
+    """Parse ``"key1:classify,key2:internal,key3:metrics,key4:review@alice"`` (commas or new lines; ``#``
+    starts a comment) into ``{key: (scope, name)}``. A name (``@NAME``) is optional, except on ``review``
+    keys: the reviewer a verdict is recorded under is the name of the key that sent it.
 
     Messages name the entry by position only: a key is never echoed.
     """
-    keys: dict[str, Scope] = {}
+    keys: dict[str, tuple[Scope, str | None]] = {}
     entries = [e.strip() for line in text.splitlines() for e in line.split("#", 1)[0].split(",")]
     for n, entry in enumerate((e for e in entries if e), start=1):
-        key, sep, scope = entry.rpartition(":")
-        key, scope = key.strip(), scope.strip()
+        key, sep, tail = entry.rpartition(":")
+        scope, at, name = (part.strip() for part in tail.partition("@"))
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"{source} entry {n} is not 'KEY:SCOPE'; write e.g. 'k1...:classify,k2...:internal'")
         if scope not in SCOPES:
             raise ConfigError(
                 f"{source} entry {n} has scope {scope!r}; only 'classify' (label and action), 'internal' "
-                "(adds the calibrated confidence, and /metrics) and 'metrics' (/metrics only) exist; fix the scope"
+                "(adds the calibrated confidence, /metrics and /admin), 'metrics' (/metrics only) and 'review' "
+                "(the review queue and console) exist; fix the scope"
+            )
+        if at and not KEY_NAME.fullmatch(name):
+            raise ConfigError(f"{source} entry {n} has a bad name after '@': use 1-64 letters, digits, '.', '_', '-'")
+        if scope == "review" and not at:
+            raise ConfigError(
+                f"{source} entry {n} is a review key without a name: verdicts are recorded under the key's name, "
+                "so write it as KEY:review@NAME (e.g. ...:review@alice)"
             )
         if len(key) < MIN_KEY_CHARS:
             raise ConfigError(
@@ -75,8 +89,13 @@ def parse_api_keys(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, Sc
             )
         if key in keys:
             raise ConfigError(f"{source} entry {n} repeats an earlier key; give each key one scope")
-        keys[key] = scope  # type: ignore[assignment]
+        keys[key] = (scope, name or None)  # type: ignore[assignment]
     return keys
+
+
+def parse_api_keys(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[str, Scope]:
+    """``{key: scope}`` of ``"key1:classify,key2:internal,key3:metrics"`` (see :func:`parse_api_key_entries`)."""
+    return {key: scope for key, (scope, _) in parse_api_key_entries(text, source).items()}
 
 
 def _default_bundle() -> str | None:
@@ -175,10 +194,28 @@ class ServeSettings(BaseSettings):
     )
     api_keys: SecretStr | None = Field(
         None,
-        description="'key:classify,key:internal,key:metrics' bearer keys (environment or YAML only, never a flag)",
+        description="'key:classify,key:internal,key:metrics,key:review@NAME' bearer keys (environment or YAML "
+        "only, never a flag)",
     )
     api_keys_file: Path | None = Field(
-        None, description="file of 'key:scope' entries (one a line or commas); scopes classify, internal, metrics"
+        None,
+        description="file of 'key:scope[@name]' entries (one a line or commas); scopes classify, internal, metrics, "
+        "review (named: the reviewer)",
+    )
+    reviews: bool = Field(
+        False,
+        description="keep every escalation (and audit sample) for human review in review_db, and serve the review "
+        "queue (GET /reviews/queue), verdicts (POST /reviews) and the console (/review) to review-scope keys",
+    )
+    review_db: Path | None = Field(
+        None, description="SQLite file of review items and verdicts (default: reviews.sqlite3 beside the outbox)"
+    )
+    audit_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of confident (allow/block) decisions also sent to the hooks for review as reason "
+        "'audit', each with this sampling probability; the caller's answer is unchanged",
     )
     insecure: bool = Field(False, description="allow a non-loopback host without API keys (trusted networks only)")
     mode: Literal["enforce", "shadow"] = Field("enforce", description="shadow: always answer allow, still escalate")
@@ -471,19 +508,27 @@ class ServeSettings(BaseSettings):
 
     def key_scopes(self) -> dict[str, Scope]:
         """All configured API keys and their scopes (from ``api_keys`` and ``api_keys_file``)."""
-        keys: dict[str, Scope] = {}
+        return {key: scope for key, (scope, _) in self.key_entries().items()}
+
+    def key_entries(self) -> dict[str, tuple[Scope, str | None]]:
+        """All configured API keys with their scope and name (``KEY:SCOPE@NAME``)."""
+        keys: dict[str, tuple[Scope, str | None]] = {}
         if self.api_keys is not None:
-            keys.update(parse_api_keys(self.api_keys.get_secret_value()))
+            keys.update(parse_api_key_entries(self.api_keys.get_secret_value()))
         if self.api_keys_file is not None:
             try:
                 text = self.api_keys_file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read api_keys_file {self.api_keys_file}: {exc.strerror}") from None
-            for key, scope in parse_api_keys(text, source=str(self.api_keys_file)).items():
+            for key, entry in parse_api_key_entries(text, source=str(self.api_keys_file)).items():
                 if key in keys:
                     raise ConfigError(f"{self.api_keys_file} repeats a key from GUARDCAL_API_KEYS; keep one")
-                keys[key] = scope
+                keys[key] = entry
         return keys
+
+    def review_path(self) -> Path:
+        """The review store: ``review_db``, else ``reviews.sqlite3`` beside the outbox."""
+        return self.review_db if self.review_db is not None else self.outbox.with_name("reviews.sqlite3")
 
     def bundle_path(self) -> Path | None:
         """The calibration bundle file, or None to serve without calibration."""

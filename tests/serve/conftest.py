@@ -160,6 +160,38 @@ def kit() -> types.SimpleNamespace:
     )
 
 
+SKIP_BROWSER_ENV = "GUARDCAL_SKIP_BROWSER"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for Playwright (``executable_path``), or a failure naming the install commands.
+
+    The review console is tested in a real headless browser in the default suite, so a machine without
+    one fails (never skips) these tests; ``GUARDCAL_SKIP_BROWSER=1`` skips them knowingly.
+    """
+    import importlib.util
+    import shutil
+
+    if os.environ.get(SKIP_BROWSER_ENV) == "1":
+        pytest.skip(f"{SKIP_BROWSER_ENV}=1: the review console's browser tests are skipped on purpose")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    missing = []
+    if path is None:
+        missing.append("Chromium: sudo apt-get install -y chromium")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("Playwright's Python API: pip install -c constraints/cpu.txt -e '.[test]' (no "
+                       "`playwright install`: the tests drive Debian's Chromium)")  # fmt: skip
+    if missing:
+        pytest.fail(
+            "the review console is tested in a real headless browser, and this machine lacks "
+            + "; ".join(missing)
+            + f" (.ci/run installs both; {SKIP_BROWSER_ENV}=1 skips the tests knowingly)",
+            pytrace=False,
+        )
+    return str(path)
+
+
 @pytest.fixture(name="make_settings")
 def _make_settings_fixture(tmp_path: Path) -> Callable[..., ServeSettings]:
     return lambda **overrides: make_settings(tmp_path, **overrides)

@@ -28,6 +28,7 @@ from guardcal.serve import FakeBackend, ServeSettings, create_app
 
 CLASSIFY_KEY = "fuzz-classify-key-0123456789"
 INTERNAL_KEY = "fuzz-internal-key-0123456789"
+REVIEW_KEY = "fuzz-review-key-0123456789"
 MAX_EXAMPLES = 60
 
 
@@ -42,7 +43,8 @@ def _app(outbox: Path):  # type: ignore[no-untyped-def]
         bundle=None,
         escalate_below=0.9,
         outbox=outbox,
-        api_keys=f"{CLASSIFY_KEY}:classify,{INTERNAL_KEY}:internal",
+        api_keys=f"{CLASSIFY_KEY}:classify,{INTERNAL_KEY}:internal,{REVIEW_KEY}:review@fuzz",
+        reviews=True,
         max_input_chars=2000,
         max_batch=8,
         dev=True,
@@ -90,7 +92,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_the_live_server_publishes_the_fuzzed_schema(live_server: str) -> None:
     served = httpx.get(live_server + "/openapi.json", timeout=10)
     assert served.status_code == 200 and served.json() == OPENAPI
-    assert set(OPENAPI["paths"]) == {"/classify", "/healthz", "/readyz"}
+    assert set(OPENAPI["paths"]) == {
+        "/classify", "/healthz", "/readyz", "/reviews", "/reviews/queue", "/reviews/audit", "/admin/reload-bundle"
+    }  # fmt: skip
 
 
 @pytest.mark.timeout(300)
@@ -107,3 +111,12 @@ def test_classify_scope_conforms_and_never_sees_a_score(case, live_server):  # t
     auth = {"Authorization": f"Bearer {CLASSIFY_KEY}"}
     response = case.call_and_validate(base_url=live_server, headers=auth, timeout=30)
     assert "confidence" not in response.text
+
+
+@pytest.mark.timeout(300)
+@schema.parametrize()
+@FUZZ_SETTINGS
+def test_review_scope_conforms_and_never_sees_a_score(case, live_server):  # type: ignore[no-untyped-def]
+    auth = {"Authorization": f"Bearer {REVIEW_KEY}"}
+    response = case.call_and_validate(base_url=live_server, headers=auth, timeout=30)
+    assert "p_unsafe" not in response.text and "raw" not in response.text
