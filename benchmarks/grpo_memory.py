@@ -8,6 +8,8 @@ run: with it on, each chunk draws its own dropout masks, so the numbers would di
 not by the chunking. Equal losses at step 2 also mean equal gradients at step 1.
 
     python benchmarks/grpo_memory.py --output benchmarks/results/grpo_memory.json   # ~10 min idle
+
+A run folder that already holds a finished run (``--workdir``) is read, not trained again.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ COMPARED = ("loss", "loss/policy", "loss/ce", "reward", "grad_norm")
 
 def measure(workdir: Path, steps: int, chunk: int) -> dict[str, Any]:
     flags = ("--loss-row-chunk", str(chunk), "--lora-dropout", "0", "--eval-limit", "0")
-    out = run(METHOD, workdir, steps, flags=flags, name=f"chunk{chunk}")
+    out = workdir / f"chunk{chunk}"
+    if not (out / "train_summary.json").is_file() or not (out / "peak_rss.json").is_file():  # else: reuse it
+        out = run(METHOD, workdir, steps, flags=flags, name=f"chunk{chunk}")
     summary = summarise(METHOD, out)
+    summary["flags"] = list(flags)
     summary["per_step"] = [{k: r[k] for k in COMPARED if k in r} for r in step_rows(out)]
     return summary
 

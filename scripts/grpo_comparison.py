@@ -50,7 +50,7 @@ def train(workdir: Path, method: str, seed: int, args: argparse.Namespace) -> Pa
             "train", "--method", method, "--profile", "cpu-small", "--adapter", "default", "--seed", str(seed),
             "--max-steps", str(args.steps), "--learning-rate", str(args.learning_rate),
             "--max-input-tokens", str(args.window), "--reasoning-budget", str(args.budget),
-            "--eval-limit", "300", "--eval-steps", str(args.steps), "--save-steps", str(args.steps),
+            "--eval-limit", "300", "--eval-steps", str(args.steps), "--save-steps", "2",
             "--output", str(out),
         )  # fmt: skip
     return out
