@@ -97,7 +97,8 @@ class TrainConfig:
         0,
         "GRPO family: forward and backward a micro-batch this many completions at a time (0 = all at once). "
         "The loss and its gradient stay the micro-batch's (each chunk is scaled to its normalisers); only one "
-        "chunk's activations are alive at a time (cpu-small: 4, peak RSS 16 GB → see README 'Performance')",
+        "chunk's activations are alive at a time (a cpu-small cal-GRPO step: 12.2 GB whole, 4.8 GB in chunks of 4; "
+        "benchmarks/results/grpo_memory.json)",
     )
     bf16: bool = _f(
         False, "bf16 autocast (paper profile, GPUs); off on CPU: faster but it changed the first SFT steps"
@@ -278,7 +279,8 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     # Measured on 2 idle CPU cores with the default model (benchmarks/epoch_time.py, README
     # "Performance"): SFT ≈ 44 s a step (16 steps an epoch ≈ 12 min); GRPO ≈ 66 s and cal-GRPO ≈ 72 s
     # a step (62 steps an epoch ≈ 68 and 74 min), peak RSS ≈ 16 GB with gradient checkpointing off
-    # (on: ≈ 122 s a step, 12 GB). --max-steps shortens a run; the LR schedule follows it.
+    # (on: ≈ 122 s a step, 12 GB) — both before --loss-row-chunk 4, which brings it under 6 GB
+    # (benchmarks/grpo_memory.py). --max-steps shortens a run; the LR schedule follows it.
     "cpu-small": {
         "sft": {
             "learning_rate": 2e-4,
