@@ -2,6 +2,7 @@
 
     python scripts/probe_readout.py --out runs/probe-readout [--window 1024] [--C 0]
         [--layers-rank 16 --first-layer 15]   # + zero-initialised LoRA on those layers, for SFT to go on
+        [--model DIR --bos]                   # another base model (e.g. Gemma 3 270M, which needs <bos>)
 
 The probe on the default model's own final hidden states (the issue-21 measurement) classifies
 OpenAI Moderation about as well as TF-IDF, while LoRA SFT on the decision token did not get there
@@ -28,6 +29,7 @@ calibration-split AUROC from the features (a check that the adapter reproduces i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -55,6 +57,7 @@ def main() -> int:
     from sklearn.model_selection import cross_val_score
 
     from guardcal.core.labels import LabelSpec
+    from guardcal.core.profiles import default_profile
     from guardcal.core.prompt import PromptTemplate
     from guardcal.data.datasets import load_dataset
     from guardcal.models.loading import load_model
@@ -62,6 +65,12 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--model", default="default", help="base model: default, a local folder or a cached hub id")
+    ap.add_argument(
+        "--bos",
+        action="store_true",
+        help="put the tokenizer's BOS token first (prompts are tokenised without special tokens; Gemma needs <bos>)",
+    )
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--C", type=float, default=0.0, help="inverse regularisation; 0 = chosen by 5-fold CV on train")
     ap.add_argument("--features", type=Path, help="features.npz of an earlier run: skip the forward passes")
@@ -70,9 +79,12 @@ def main() -> int:
     ap.add_argument("--layers-alpha", type=int, default=32, help="LoRA alpha of the layer modules")
     args = ap.parse_args()
     t0 = time.time()
-    loaded = load_model("default", None, dtype="float32")
+    loaded = load_model(args.model, None, dtype="float32")
     model, tok = loaded.model, loaded.tokenizer
-    template = PromptTemplate(mode="direct")
+    profile = default_profile()
+    if args.bos:  # the default prompt with <bos> written first, as the ShieldGemma profile does
+        profile = dataclasses.replace(profile, name="default+bos", bos=tok.bos_token)
+    template = PromptTemplate(mode="direct", profile=profile)
     spec = LabelSpec.from_tokenizer(tok)
     train = load_dataset("openai-moderation:train")
     calib = load_dataset("openai-moderation:calib")
@@ -83,12 +95,22 @@ def main() -> int:
         cached = np.load(args.features)
         if [str(i) for i in cached["ids"]] != ids or int(cached["window"]) != args.window:
             raise SystemExit(f"{args.features}: other rows or window than this run; drop --features")
+        if str(cached.get("model", "default")) != args.model or bool(cached.get("bos", False)) != args.bos:
+            raise SystemExit(f"{args.features}: another model or BOS setting than this run; drop --features")
         xtr, xca = cached["train"], cached["calib"]
     else:
         xtr = features(model, tok, template, [e.text for e in train], args.window)
         xca = features(model, tok, template, [e.text for e in calib], args.window)
     args.out.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out / "features.npz", train=xtr, calib=xca, ids=np.array(ids), window=args.window)
+    np.savez(
+        args.out / "features.npz",
+        train=xtr,
+        calib=xca,
+        ids=np.array(ids),
+        window=args.window,
+        model=args.model,
+        bos=args.bos,
+    )
 
     grid = [args.C] if args.C else [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
     cv = {c: float(np.mean(cross_val_score(_lr(c), xtr, ytr, cv=5, scoring="roc_auc"))) for c in grid}
@@ -122,6 +144,8 @@ def main() -> int:
         "u_dot_h_train": [float(np.mean(xtr @ u)), float(np.std(xtr @ u))],
         "label_mass_boost": boost,
         "window": args.window,
+        "model": args.model,
+        "bos": args.bos,
         "layers_lora": {"rank": args.layers_rank, "alpha": args.layers_alpha, "first_layer": args.first_layer}
         if args.layers_rank
         else None,
