@@ -52,8 +52,10 @@ def test_identity_equals_the_transformers_scorers(backend, tmp_path):
     ident = check_identity(backend.identity())
     assert ident["model_id"].startswith("default:") and ident["adapter_hash"] is None and ident["mode"] == "direct"
     assert ident["label_spec"]["labels"] == ["safe", "unsafe"]
-    fitted = open_session(EvalConfig(datasets=["xstest"], output=tmp_path)).identity()
-    assert ident == fitted
+    session = open_session(EvalConfig(datasets=["xstest"], output=tmp_path))
+    fitted = session.identity()
+    assert {k: v for k, v in ident.items() if k != "prompt_profile"} == fitted
+    assert ident["prompt_profile"] == session.profile()
     bundle = CalibrationBundle(method="platt", params={"a_": 1.0, "b_": 0.0}, thresholds={}, metrics={}, **fitted)
     bundle.check_compatible(**ident)  # raises naming any differing field
 
