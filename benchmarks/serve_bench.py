@@ -204,9 +204,9 @@ class Baseline:
     """The naive loop (float32, full prompt) and a bare in-process forward in the server's configuration."""
 
     def __init__(self) -> None:
-        from guardcal.backends.hf import HFScorer
         from guardcal.backends.precision import resolve_dtype
         from guardcal.models.loading import load_model
+        from guardcal.scoring.scorer import HFScorer
 
         self.naive = load_model("default", dtype="float32")
         self.scorer = HFScorer(self.naive.model, self.naive.tokenizer)  # renders prompts exactly like the server
@@ -218,7 +218,7 @@ class Baseline:
         """Tokens and FLOPs per request: 2 x matmul parameters x tokens, plus the LM head at one position
         per window. A request's tokens are those of every window's prompt the server runs (one window
         for an input within the 1,024-token budget)."""
-        from guardcal.backends.prefix_cache import prefix_token_ids
+        from guardcal.scoring.prefix_cache import prefix_token_ids
 
         model, tok = self.naive.model, self.naive.tokenizer
         windows = [

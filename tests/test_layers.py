@@ -1,4 +1,6 @@
-"""Imports flow one way: core ← data, calibrate, backends ← train, evaluate, serve ← cli."""
+"""Imports flow one way: core ← data, calibrate, scoring, backends ← train, evaluate, serve ← cli.
+
+``scoring`` (the shared scorer) sits at the backends' level, under the transformers backend."""
 
 import ast
 from pathlib import Path
@@ -9,16 +11,21 @@ PKG = Path(__file__).parents[1] / "guardcal"
 
 # package → guardcal subpackages/modules it must not import
 FORBIDDEN = {
-    "core": {"data", "calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
-    "data": {"calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
-    "calibrate": {"data", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
+    "core": {"data", "calibrate", "scoring", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
+    "data": {"calibrate", "scoring", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
+    "calibrate": {"data", "scoring", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
     "backends": {"train", "evaluate", "posthoc", "serve", "cli"},
-    "models": {"train", "evaluate", "posthoc", "serve", "cli", "backends"},
+    "models": {"train", "evaluate", "posthoc", "serve", "cli", "backends", "scoring"},
+    "scoring": {"data", "calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
     "train": {"serve", "cli", "evaluate", "posthoc"},
     "serve": {"train", "cli"},
 }
 # third-party modules a layer must not import (calibrate stays light: no torch at all)
-FORBIDDEN_THIRD_PARTY = {"core": {"torch", "transformers"}, "calibrate": {"torch", "transformers", "fastapi"}}
+FORBIDDEN_THIRD_PARTY = {
+    "core": {"torch", "transformers"},
+    "calibrate": {"torch", "transformers", "fastapi"},
+    "scoring": {"fastapi", "vllm"},
+}
 
 
 def _imports(path: Path) -> set[str]:

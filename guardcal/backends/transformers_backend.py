@@ -7,7 +7,7 @@ single requests becomes a few batched forwards. Decision-token probabilities go 
 same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with three serving-only
 speed-ups: the instruction prefix's KV cache is computed once and reused, so each forward runs
 only the per-request tokens; those tokens are packed end to end in one row, with no padding
-(``backends.packed``; not with ``compile``); and ``dtype="auto"`` runs the model in bfloat16 on
+(``scoring.packed``; not with ``compile``); and ``dtype="auto"`` runs the model in bfloat16 on
 CPUs with native bf16 instructions (``backends.precision``).
 
 An input over ``max_input_tokens`` tokens is scored as overlapping windows (``core.windows``):
@@ -96,8 +96,8 @@ class TransformersBackend(ClassifierBackend):
         self.ready = True
 
     def _load(self) -> None:
-        from guardcal.backends.hf import HFScorer
         from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
+        from guardcal.scoring.scorer import HFScorer
 
         loaded = load_model(self.model, self.adapter, dtype=self.dtype)
         if self.compile:

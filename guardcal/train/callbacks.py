@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
-from guardcal.backends.hf import HFScorer
 from guardcal.calibrate.metrics import compute_metrics
+from guardcal.scoring.scorer import HFScorer
 from guardcal.types import UNSAFE, Example
 
 

@@ -142,8 +142,8 @@ def run_training(cfg: TrainConfig) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
-    from guardcal.backends.hf import HFScorer
     from guardcal.models.loading import load_tokenizer, resolve_model
+    from guardcal.scoring.scorer import HFScorer
     from guardcal.train.callbacks import CalibrationEvalCallback, JsonlLog, JsonlLogCallback
 
     out = Path(cfg.output)
