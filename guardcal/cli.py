@@ -210,8 +210,8 @@ class CalibrateCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        from guardcal.calibration_run import CalibrateConfig, run_calibration
         from guardcal.models.shipped import DEFAULT_REASONING_BUDGET
-        from guardcal.posthoc import CalibrateConfig, run_calibration
 
         cfg = CalibrateConfig(
             output=args.output,

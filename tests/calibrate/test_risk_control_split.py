@@ -18,8 +18,8 @@ import pytest
 from scipy.special import expit, logit
 
 from guardcal.calibrate.bundle import CalibrationBundle
+from guardcal.calibration_run import split_fit_rows
 from guardcal.cli import main
-from guardcal.posthoc import split_fit_rows
 
 ALPHA, DELTA, N_CAL = 0.1, 0.1, 300
 IDENTITY = {

@@ -18,6 +18,13 @@ fit split as labelled rows scored by the server (:mod:`guardcal.calibrate.verdic
 inverse of its sampling probability (escalation 1, audit ``1 / p``) in the calibrator's loss and in the
 threshold test; they are split like the other fit rows, and ``extra["reviews"]`` records how many of which
 kind, from which dates, were used.
+
+Why this module is not in :mod:`guardcal.calibrate`: that package holds the fitting pieces
+(calibrators, thresholds, bundles, metrics) and stays light (no torch, no data loading), so the
+server can load a bundle without them. Running the command needs the shared scorer
+(:mod:`guardcal.scoring`), the datasets and :mod:`guardcal.evaluate`, so it sits beside
+``evaluate.py`` at the commands' level: core ← data, calibrate, scoring, backends ← train,
+evaluate, calibration_run, serve ← cli.
 """
 
 from __future__ import annotations
@@ -238,7 +245,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
     profile = identity.pop("prompt_profile", None)
     split = {
-        "rule": "seeded split stratified by label (guardcal.posthoc.split_fit_rows)"
+        "rule": "seeded split stratified by label (guardcal.calibration_run.split_fit_rows)"
         if threshold_rows
         else "fixed threshold: no threshold rows, every fit row fits the calibrator",
         "seed": cfg.split_seed,
