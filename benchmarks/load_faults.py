@@ -36,7 +36,10 @@ from typing import Any
 
 import httpx
 
-from guardcal.serve.process import ServeProcess, free_port, serve_command, start_serve
+try:
+    from .server_process import ServeProcess, free_port, serve_command, start_serve
+except ImportError:  # run as a script: python benchmarks/NAME.py
+    from server_process import ServeProcess, free_port, serve_command, start_serve  # type: ignore[no-redef]
 
 RESULTS = Path(__file__).parent / "results" / "reliability.json"
 CLASSIFY_KEY = "load-classify-key-0123456789abcdef"

@@ -53,7 +53,10 @@ from typing import Any
 
 import httpx
 
-from guardcal.serve.process import free_port, serve_command
+try:
+    from .server_process import free_port, serve_command
+except ImportError:  # run as a script: python benchmarks/NAME.py
+    from server_process import free_port, serve_command  # type: ignore[no-redef]
 
 CONCURRENCY = (1, 4, 16, 64)
 #: the matmul rates measured for the ceiling
