@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from guardcal.calibrate.metrics import compute_metrics
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.types import UNSAFE
 
 EVAL_SETS = ("openai-moderation:test", "xstest")

@@ -131,7 +131,7 @@ def load_inputs(n: int, seed: int = 0, fits: Any = None, skipped: list[str] | No
     measures on its own. Each such input is several short inputs' work (15 of the 880 OpenAI
     Moderation test rows; c4 and c16 drew one each, which made them 14% and 6% more prompt tokens).
     """
-    from guardcal.data.datasets import load_dataset
+    from guardcal.data.loaders import load_dataset
 
     rng = random.Random(seed)
     pools = [load_dataset("xstest"), load_dataset("openai-moderation:test")]
@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["levels"] = {f"c{c}": base.flops(timed) for c, (_, timed) in levels.items()}
     long_level = None
     if "long" in chosen:
-        from guardcal.data.datasets import load_dataset
+        from guardcal.data.loaders import load_dataset
 
         tok = base.naive.tokenizer
         n_long = LONG_CONCURRENCY + LONG_REQUESTS[size]

@@ -46,7 +46,7 @@ from guardcal.calibrate.thresholds import (
     risk_controlled_thresholds,
 )
 from guardcal.calibrate.verdicts import read_reviews, verdict_fit_rows
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.evaluate import (
     EvalConfig,

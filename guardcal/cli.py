@@ -65,7 +65,7 @@ class EvaluateCommand(Command):
     help = "score datasets with a model (+ adapter) and write metrics, predictions and plots"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        from guardcal.data.datasets import describe_datasets
+        from guardcal.data.loaders import describe_datasets
 
         add_scoring_flags(parser)
         parser.add_argument("--bundle", help="calibration bundle JSON, or 'default': metrics become calibrated")
@@ -360,7 +360,7 @@ class DataCommand(Command):
             return export_reviews(args.db, args.output)
         if args.manifest is None:
             raise GuardcalError("guardcal data needs --manifest FILE, or: export-reviews DB --output FILE")
-        from guardcal.data.datasets import write_split_manifest
+        from guardcal.data.loaders import write_split_manifest
 
         path = write_split_manifest(args.manifest, args.data_dir)
         print(f"wrote {path}")

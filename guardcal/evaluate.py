@@ -30,7 +30,7 @@ from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import coverage_and_error
 from guardcal.core.confidence import Scores
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.types import UNSAFE, Example
 

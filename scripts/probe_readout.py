@@ -56,7 +56,7 @@ def main() -> int:
 
     from guardcal.core.labels import LabelSpec
     from guardcal.core.prompt import PromptTemplate
-    from guardcal.data.datasets import load_dataset
+    from guardcal.data.loaders import load_dataset
     from guardcal.models.loading import load_model
     from guardcal.types import SAFE, UNSAFE
 

@@ -13,10 +13,10 @@ from guardcal.core.decision import DecisionParser
 from guardcal.core.labels import LabelSpec
 from guardcal.core.profiles import load_profile
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset, write_split_manifest
+from guardcal.data.loaders import load_dataset, write_split_manifest
 from guardcal.errors import ConfigError
 from guardcal.train.config import TrainConfig
-from guardcal.train.datasets import check_trainable, grpo_rows, sft_class_weights, sft_rows
+from guardcal.train.rows import check_trainable, grpo_rows, sft_class_weights, sft_rows
 
 
 def _common_args(cfg: TrainConfig) -> dict[str, Any]:

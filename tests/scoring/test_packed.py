@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import BackendError
 from guardcal.models.loading import load_model
 from guardcal.scoring import scorer as scorer_module

@@ -7,7 +7,7 @@ import pytest
 
 from guardcal.backends.precision import cpu_flags, cpu_supports_bf16, resolve_dtype
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.models.loading import load_model
 from guardcal.scoring import scorer as scorer_module

@@ -5,7 +5,7 @@ import pytest
 from guardcal.cli import main
 from guardcal.errors import ConfigError, DataError
 from guardcal.train.config import PROFILE_VALUES, TrainConfig, build_config, field_help
-from guardcal.train.datasets import check_trainable
+from guardcal.train.rows import check_trainable
 from guardcal.types import Example
 
 

@@ -61,7 +61,7 @@ def test_lora_layers_are_the_upper_ones() -> None:
 
 def test_class_weights_invert_the_prior_with_mean_one(tokenizer) -> None:
     from guardcal.core.labels import LabelSpec
-    from guardcal.train.datasets import decision_token_id, sft_class_weights
+    from guardcal.train.rows import decision_token_id, sft_class_weights
 
     spec = LabelSpec.from_tokenizer(tokenizer)
     examples = [Example(str(i), "t", "unsafe" if i < 3 else "safe") for i in range(10)]

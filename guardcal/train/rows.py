@@ -1,4 +1,4 @@
-"""Turn labelled examples into TRL datasets built with the shared prompt template."""
+"""Turn labelled examples into training rows (TRL dataset rows) built with the shared prompt template."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for guardcal.data.datasets and guardcal.data.splits (real shared data)."""
+"""Tests for guardcal.data.loaders and guardcal.data.splits (real shared data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guardcal.data.datasets import (
+from guardcal.data.loaders import (
     DATA_DIR_ENV,
     DATASET_KEYS,
     OPENAI_MODERATION_FILE,
@@ -420,7 +420,7 @@ def test_jsonl_conversation_rows(tmp_path):
     """A JSONL line may give ``messages`` instead of ``text``; a bad turn names the line and the fix."""
     import json as _json
 
-    from guardcal.data.datasets import load_jsonl
+    from guardcal.data.loaders import load_jsonl
     from guardcal.errors import DataError
 
     good = tmp_path / "conv.jsonl"
