@@ -46,6 +46,7 @@ from guardcal.calibrate.thresholds import (
     risk_controlled_thresholds,
 )
 from guardcal.calibrate.verdicts import read_reviews, verdict_fit_rows
+from guardcal.core.examples import UNSAFE
 from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.evaluate import (
@@ -57,7 +58,6 @@ from guardcal.evaluate import (
     prediction_rows,
     subsample,
 )
-from guardcal.types import UNSAFE
 
 
 @dataclass

@@ -29,10 +29,10 @@ from guardcal.calibrate.metrics import METRIC_NAMES, compute_metrics
 from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import coverage_and_error
 from guardcal.core.confidence import Scores
+from guardcal.core.examples import UNSAFE, Example
 from guardcal.core.prompt import PromptTemplate
 from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
-from guardcal.types import UNSAFE, Example
 
 DEVICES = ("auto", "cpu", "cuda")
 

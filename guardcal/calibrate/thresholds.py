@@ -33,8 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from guardcal.calibrate.base import check_calibration_set, check_scores, confidence
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.errors import CalibrationError
-from guardcal.types import SAFE, UNSAFE
 
 NO_THRESHOLD_FLAG = "no threshold met the target: everything escalates"
 _FIELDS = ("safe", "unsafe", "method", "details")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.core.labels import LabelSpec
-from guardcal.types import SAFE, UNSAFE
 
 FloatArray = npt.NDArray[np.float64]
 

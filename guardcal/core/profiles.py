@@ -45,9 +45,9 @@ from guardcal.core.conversation import (
     judged_conversation,
     parse_turns,
 )
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.core.quoting import QUOTINGS, marker_pattern, quote
 from guardcal.errors import ConfigError
-from guardcal.types import SAFE, UNSAFE
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -35,13 +35,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
+from guardcal.core.examples import LABELS, SAFE, UNSAFE, Example
 from guardcal.data.splits import (
     SPLIT_NAMES,
     assign_splits,
     duplicate_groups,
 )
 from guardcal.errors import DataError
-from guardcal.types import LABELS, SAFE, UNSAFE, Example
 
 DATA_DIR_ENV: Final = "GUARDCAL_DATA_DIR"
 SPLIT_SEED: Final = 20260113

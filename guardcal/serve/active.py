@@ -16,10 +16,10 @@ from typing import Any
 from guardcal.calibrate.base import Calibrator
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
+from guardcal.core.examples import LABELS
 from guardcal.errors import CalibrationError
 from guardcal.serve.errors import StartupError
 from guardcal.serve.settings import ServeSettings
-from guardcal.types import LABELS
 
 
 def digest(prefix: str, value: Any) -> str:

@@ -11,8 +11,8 @@ import numpy as np
 from transformers import TrainerCallback
 
 from guardcal.calibrate.metrics import compute_metrics
+from guardcal.core.examples import UNSAFE, Example
 from guardcal.scoring.scorer import HFScorer
-from guardcal.types import UNSAFE, Example
 
 
 class JsonlLog:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from guardcal.core.examples import LABELS, Example
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import PromptTemplate
 from guardcal.core.windows import first_window
 from guardcal.errors import DataError
-from guardcal.types import LABELS, Example
 
 
 def check_trainable(examples: list[Example], key: str) -> None:

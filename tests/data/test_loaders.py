@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from guardcal.core.examples import SAFE, UNSAFE, Example
 from guardcal.data.loaders import (
     DATA_DIR_ENV,
     DATASET_KEYS,
@@ -33,7 +34,6 @@ from guardcal.data.splits import (
     normalise_text,
 )
 from guardcal.errors import DataError
-from guardcal.types import SAFE, UNSAFE, Example
 
 OAI_SHA256 = "ef3f7de86ee394fe337b0a566ba4b9c7db058f3caa8d6a4a0006138b663ab9a8"
 # sha256 of json.dumps(manifest["ids"], sort_keys=True): pins the published split.

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from guardcal.core.examples import Example
 from guardcal.errors import ConfigError
 from guardcal.train.callbacks import class_recall
 from guardcal.train.config import PROFILE_VALUES, TrainConfig, build_config
 from guardcal.train.runner import _common_args, lora_layers
-from guardcal.types import Example
 
 
 def test_guard_profile_resolves_and_reaches_the_trainer_args() -> None:
