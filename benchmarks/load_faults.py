@@ -870,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     concurrency=64,
                     warmup=64,
                     retry_after_scale=0.2,
-                    settings={"queue_size": 8, "max_concurrency": 4, "max_batch": 8},
+                    settings={"queue_size": 8, "max_concurrency": 4, "max_request_batch": 8},
                 ),
             )
         )

@@ -215,7 +215,8 @@ class Baseline:
         self.scorer = HFScorer(self.naive.model, self.naive.tokenizer)  # renders prompts exactly like the server
         self.served_dtype = resolve_dtype("auto")
         served = load_model("default", dtype=self.served_dtype)
-        self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True, batch_size=16)  # server max_batch
+        # reference reads in batches of 16 (the server's forward_batch is 32): batching moves scores by float noise
+        self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True, batch_size=16)
 
     def flops(self, texts: Sequence[str]) -> dict[str, Any]:
         """Tokens and FLOPs per request: 2 x matmul parameters x tokens, plus the LM head at one position

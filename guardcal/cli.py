@@ -270,7 +270,7 @@ class ServeCommand(Command):
     help = "serve the calibrated guard model over HTTP: POST /classify, /healthz, /readyz, /metrics"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        from guardcal.serve.settings import SECRET_FIELDS, ServeSettings
+        from guardcal.serve.settings import MAX_BATCH_SPLIT, SECRET_FIELDS, ServeSettings
 
         parser.add_argument("--config", help="YAML file of settings (flags > GUARDCAL_* environment > YAML)")
         for name, info in ServeSettings.model_fields.items():
@@ -281,6 +281,9 @@ class ServeCommand(Command):
                 parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=info.description)
             else:
                 parser.add_argument(flag, dest=name, help=info.description)
+        # the old --max-batch meant two settings: refused, naming both (kept out of --help)
+        parser.add_argument("--max-batch", dest="removed_max_batch", action=RefuseFlag, message=MAX_BATCH_SPLIT,
+                            help=argparse.SUPPRESS)  # fmt: skip
 
     def run(self, args: argparse.Namespace) -> int:
         from guardcal.serve.app import serve
@@ -290,6 +293,19 @@ class ServeCommand(Command):
         settings = ServeSettings.load(args.config, **overrides)
         serve(settings, build_backend(settings))
         return 0
+
+
+class RefuseFlag(argparse.Action):
+    """A flag that no longer exists: refused with ``message`` (what replaced it)."""
+
+    def __init__(self, *args: Any, message: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.message = message
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None
+    ) -> None:
+        parser.error(self.message)
 
 
 class RefuseSecretFlag(argparse.Action):
@@ -331,7 +347,7 @@ def build_backend(settings: Any) -> Any:
         settings.adapter,
         settings.reasoning,
         dtype=settings.dtype,
-        max_batch=settings.max_batch,
+        forward_batch=settings.forward_batch,
         max_new_tokens=settings.max_new_tokens,
         max_input_tokens=settings.max_input_tokens,
         max_windows=settings.max_windows,

@@ -1,7 +1,7 @@
 """The transformers serving backend: the shared scorer behind dynamic micro-batching.
 
 Concurrent ``score`` calls are collected for up to ``max_wait_ms`` (or until
-``max_batch`` texts are waiting) and scored together (one packed forward pass, or a
+``forward_batch`` texts are waiting) and scored together (one packed forward pass, or a
 few padded ones) on a worker thread, so the event loop never blocks and a burst of
 single requests becomes a few batched forwards. Decision-token probabilities go through the
 same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with three serving-only
@@ -51,7 +51,7 @@ class TransformersBackend(ClassifierBackend):
         adapter: str | None = None,
         reasoning: bool = False,
         dtype: str = "auto",
-        max_batch: int = 16,
+        forward_batch: int = 16,
         max_wait_ms: float = 5.0,
         max_input_tokens: int = DEFAULT_MAX_TOKENS,
         max_new_tokens: int = 256,
@@ -66,7 +66,7 @@ class TransformersBackend(ClassifierBackend):
         self.model, self.adapter, self.dtype = model, adapter, resolve_dtype(dtype)
         self.prefix_cache, self.compile = prefix_cache, compile
         self.template = PromptTemplate.for_profile(load_profile(prompt), reasoning)
-        self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
+        self.forward_batch, self.max_wait_s = forward_batch, max_wait_ms / 1000.0
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
         self.max_windows = max_windows
         self.scorer: Any = None
@@ -108,7 +108,7 @@ class TransformersBackend(ClassifierBackend):
             loaded.model,
             loaded.tokenizer,
             self.template,
-            batch_size=self.max_batch,
+            batch_size=self.forward_batch,
             max_input_tokens=self.max_input_tokens,
             max_new_tokens=self.max_new_tokens,
             max_windows=self.max_windows,
@@ -150,7 +150,7 @@ class TransformersBackend(ClassifierBackend):
         while True:
             batch = [await self._queue.get()]
             deadline = asyncio.get_running_loop().time() + self.max_wait_s
-            while sum(len(p.texts) for p in batch) < self.max_batch:
+            while sum(len(p.texts) for p in batch) < self.forward_batch:
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     break

@@ -43,7 +43,7 @@ BODY_SLACK_BYTES = 64 * 1024
 
 def max_body_bytes(settings: ServeSettings) -> int:
     """The largest request body a valid request can need."""
-    return BODY_BYTES_PER_CHAR * settings.max_input_chars * settings.max_batch + BODY_SLACK_BYTES
+    return BODY_BYTES_PER_CHAR * settings.max_input_chars * settings.max_request_batch + BODY_SLACK_BYTES
 
 
 def document_limits(schema: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def document_limits(schema: dict[str, Any], settings: ServeSettings) -> dict[str
     if "input" in fields:
         fields["input"]["maxLength"] = settings.max_input_chars
     if "inputs" in fields:
-        fields["inputs"]["maxItems"] = settings.max_batch
+        fields["inputs"]["maxItems"] = settings.max_request_batch
         fields["inputs"]["items"] = {"type": "string", "maxLength": settings.max_input_chars}
     message = schema.get("components", {}).get("schemas", {}).get("Message", {}).get("properties", {})
     if "content" in message:  # all turns together are limited too (413): a sum JSON schema cannot state

@@ -66,7 +66,7 @@ class ClassifyRequest(_Strict):
     model_config = ConfigDict(json_schema_extra=ONE_OF_INPUT)
 
     input: str | None = Field(None, description="one text to classify")
-    inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_batch)")
+    inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_request_batch)")
     messages: list[Message] | None = Field(
         None,
         min_length=1,

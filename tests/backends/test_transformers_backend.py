@@ -14,7 +14,7 @@ TEXTS = ["How do I bake bread?", "I will find you and hurt you", "hello there", 
 
 def test_concurrent_requests_are_micro_batched_and_match_the_scorer(default_model):
     async def run():
-        b = TransformersBackend(max_batch=8, max_wait_ms=50, dtype="float32")
+        b = TransformersBackend(forward_batch=8, max_wait_ms=50, dtype="float32")
         await b.start()
         calls = []
         original = b.scorer.score_split  # one call per micro-batch: every window of its requests
@@ -62,7 +62,7 @@ def test_short_inputs_beside_a_long_one_stay_one_cached_packed_row_each(default_
     assert short == TEXTS and long_tokens > budget
 
     async def run():
-        b = TransformersBackend(max_batch=16, max_wait_ms=200, dtype="float32", max_input_tokens=budget)
+        b = TransformersBackend(forward_batch=16, max_wait_ms=200, dtype="float32", max_input_tokens=budget)
         await b.start()
         assert b.scorer.packing, b.scorer.prefix_status
         cached0, full0 = b.scorer.rows_cached, b.scorer.rows_full

@@ -23,7 +23,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 def test_windows_share_the_micro_batch_and_requests_keep_their_own_inputs(default_model):
     backend = TransformersBackend(
-        dtype="float32", max_batch=16, max_wait_ms=300, max_input_tokens=BUDGET, max_windows=CAP
+        dtype="float32", forward_batch=16, max_wait_ms=300, max_input_tokens=BUDGET, max_windows=CAP
     )
     calls: list[int] = []
 
