@@ -90,9 +90,11 @@ def make_fake_backend(delay_ms: float = 0.0, fail_file: str | None = None, down_
 
 def serve_fake() -> None:
     """``serve-fake``: guardcal's app and ``serve()`` over the fake backend; settings from GUARDCAL_*."""
+    from guardcal.cli import configure_logging
     from guardcal.serve.app import serve
     from guardcal.serve.settings import ServeSettings
 
+    configure_logging("serve")  # as `guardcal serve` does: the library leaves logging to its caller
     backend = make_fake_backend(
         float(os.environ.get("FAKE_DELAY_MS", "0")),
         os.environ.get("FAKE_FAIL_FILE"),

@@ -42,6 +42,7 @@ from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import (
     Thresholds,
     choose_start_errors,
+    escalation_shares,
     fixed_thresholds,
     risk_controlled_thresholds,
 )
@@ -263,6 +264,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
             "calibrator_n": len(cal_rows),
             "threshold_n": len(threshold_rows),
             "split": split,
+            "fit_escalation": escalation_shares(thresholds, calibrator.predict(_p(fit)), "fit"),
             "adapter": cfg.adapter,
             **scoring,
             **({"prompt_profile": profile} if profile else {}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -23,6 +24,9 @@ class Command(ABC):
 
     @abstractmethod
     def run(self, args: argparse.Namespace) -> int: ...
+
+
+DATA_DIR_HELP = "data root (default: $GUARDCAL_DATA_DIR, else ../shared/data when it exists)"
 
 
 def _offline_env() -> None:
@@ -55,7 +59,7 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         help="prompt profile: a built-in name (`guardcal prompts`) or a YAML file (default: 'default', the paper's "
         "prompt); part of the prompt fingerprint: serve with the same profile",
     )
-    parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -210,6 +214,7 @@ class CalibrateCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        from guardcal.calibrate.thresholds import uncertified_warning
         from guardcal.calibration_run import CalibrateConfig, run_calibration
         from guardcal.models.shipped import DEFAULT_REASONING_BUDGET
 
@@ -254,11 +259,9 @@ class CalibrateCommand(Command):
             err = "n/a" if e["error"] is None else f"{100 * e['error']:.1f}%"
             cover = 100 * e["coverage"]
             print(f"{key:24} auto-decided {cover:.1f}% (error {err}), escalated {100 - cover:.1f}%")
-        if escalate_all := t.get("escalate_all"):
+        if warning := uncertified_warning(bundle.get_thresholds(), x.get("fit_escalation")):
             print(
-                f"WARNING: no threshold met the target for {', '.join(escalate_all)}: every prediction of "
-                f"{'those labels' if len(escalate_all) > 1 else 'that label'} will escalate; train a better model, "
-                "raise --target-error, or calibrate on more rows",
+                f"WARNING: {warning}; train a better model, raise --target-error, or calibrate on more rows",
                 file=sys.stderr,
             )
         print(f"wrote {args.output}" + (f" and {args.report}/report.md" if args.report else ""))
@@ -361,7 +364,7 @@ class DataCommand(Command):
     help = "write the reproducible OpenAI Moderation split manifest, or export reviewers' verdicts (export-reviews)"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+        parser.add_argument("--data-dir", help=DATA_DIR_HELP)
         parser.add_argument("--manifest", type=Path, help="where to write the split manifest (JSON)")
         sub = parser.add_subparsers(dest="data_command")
         export = sub.add_parser(
@@ -456,9 +459,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(command: str) -> None:
+    """Logging is the CLI's to set up (library code only logs): guardcal's INFO lines on stderr (never scores;
+    ``guardcal.audit`` stays silent unless set to DEBUG). ``serve`` shows every library's INFO lines (uvicorn's
+    among them); the other commands show other libraries' warnings only."""
+    logging.basicConfig(level=logging.INFO if command == "serve" else logging.WARNING, format=LOG_FORMAT)
+    guardcal_log = logging.getLogger("guardcal")
+    if guardcal_log.level == logging.NOTSET:
+        guardcal_log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _offline_env()
+    configure_logging(args.command)
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
         return command.run(args)

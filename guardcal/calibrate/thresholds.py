@@ -169,6 +169,56 @@ def coverage_and_error(p_unsafe: ArrayLike, labels: ArrayLike, thresholds: Thres
     return {"coverage": n_auto / p.size, "error": errors / n_auto if n_auto else None, "n_auto": n_auto, "n": p.size}
 
 
+def escalation_shares(thresholds: Thresholds, p_unsafe: ArrayLike, rows: str = "fit") -> dict[str, Any]:
+    """What ``thresholds`` do to rows with these calibrated P(unsafe): the share that escalates, and per
+    predicted label the share predicted so (JSON-safe; ``rows`` names the rows, e.g. "fit")."""
+    p = check_scores(p_unsafe, "p_unsafe")
+    n = int(p.size)
+    escalate = 1.0 - float(thresholds.auto_mask(p).mean()) if n else 0.0
+    predicted = {SAFE: float(np.mean(p < 0.5)) if n else 0.0, UNSAFE: float(np.mean(p >= 0.5)) if n else 0.0}
+    return {"rows": rows, "n": n, "escalate": escalate, "predicted": predicted}
+
+
+def _recorded_shares(thresholds: Thresholds) -> dict[str, Any] | None:
+    """:func:`escalation_shares` as far as risk-controlled thresholds record them (their threshold rows)."""
+    details = thresholds.details
+    groups, calibration, n = details.get("groups"), details.get("calibration"), details.get("n")
+    if not isinstance(groups, dict) or not isinstance(calibration, dict) or not isinstance(n, int) or n <= 0:
+        return None
+    coverage = calibration.get("coverage")
+    sizes = {label: g.get("n") for label, g in groups.items() if isinstance(g, dict)}
+    if not isinstance(coverage, (int, float)) or not all(isinstance(sizes.get(lb), int) for lb in (SAFE, UNSAFE)):
+        return None
+    return {
+        "rows": "threshold",
+        "n": n,
+        "escalate": 1.0 - float(coverage),
+        "predicted": {label: sizes[label] / n for label in (SAFE, UNSAFE)},
+    }
+
+
+def uncertified_warning(thresholds: Thresholds, shares: Mapping[str, Any] | None = None) -> str | None:
+    """A warning when the thresholds certify nothing for a predicted label (it is never auto-decided), or None.
+
+    ``shares`` (:func:`escalation_shares`) gives the share that will escalate; without it the shares the
+    thresholds recorded on their own rows are used, and failing those the warning names the label only.
+    A label escalated on purpose (``escalate_below`` 1.0) is not warned about.
+    """
+    labels = [label for label in (SAFE, UNSAFE) if label in thresholds.escalate_all]
+    if not labels or "escalate_below" in thresholds.details:
+        return None
+    named = " and ".join(f"predicted-{label}" for label in labels)
+    message = (
+        f"the thresholds certify nothing for {named} inputs: no threshold met the risk-control target, so every "
+        f"input the model calls {' or '.join(labels)} escalates and is never auto-decided"
+    )
+    shares = shares if shares is not None else _recorded_shares(thresholds)
+    if shares:
+        called = ", ".join(f"{100 * shares['predicted'][label]:.1f}% called {label}" for label in labels)
+        message += f"; on the {shares['n']} {shares['rows']} rows {100 * shares['escalate']:.1f}% escalate ({called})"
+    return message
+
+
 def binom_cdf(k: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
     """``P(Bin(n, alpha) <= k)`` for real ``k`` and ``n`` (the regularised incomplete beta ``I_{1-alpha}(n-k, k+1)``,
     equal to scipy's binomial CDF at whole numbers); 1 where ``k >= n`` (no rejection possible)."""

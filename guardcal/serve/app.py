@@ -88,6 +88,10 @@ def create_app(
             raise
         if reload_on_sighup:
             watch_sighup(service)
+        if settings.dev:
+            _log.info("API docs at /docs and /openapi.json (--dev)")
+        else:
+            _log.info("API docs at /docs: start with --dev")
         try:
             yield
         finally:
@@ -149,8 +153,6 @@ def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
     import uvicorn
 
-    # guardcal's own INFO lines (never scores); guardcal.audit stays silent unless set to DEBUG
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, backend, reload_on_sighup=True)
     config = uvicorn.Config(
         app,

@@ -57,7 +57,7 @@ class TrainConfig:
         "prompt profile (policy, label words, layout): a built-in name (`guardcal prompts`) or a YAML file; "
         "evaluate, calibrate and serve the adapter with the same profile",
     )
-    data_dir: str | None = _f(None, "data root (default: $GUARDCAL_DATA_DIR)")
+    data_dir: str | None = _f(None, "data root (default: $GUARDCAL_DATA_DIR, else ../shared/data when it exists)")
     train_dataset: str = _f("openai-moderation:train", "training set (any guardcal dataset key)")
     eval_dataset: str = _f("openai-moderation:calib", "validation slice for the evaluation callback")
     eval_limit: int = _f(64, "validation examples scored by the evaluation callback (0 = off)")

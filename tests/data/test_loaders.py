@@ -68,9 +68,25 @@ def test_resolve_data_dir_explicit_and_env(data_dir: Path, monkeypatch: pytest.M
     assert len(load_dataset("xstest")) == 450
 
 
+def test_resolve_data_dir_defaults_to_shared_data_beside_the_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside ``make`` (which exports GUARDCAL_DATA_DIR) the checkout's ../shared/data is found on its own."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    with caplog.at_level("INFO", logger="guardcal.data"):
+        assert resolve_data_dir(None) == (tmp_path / "shared" / "data").resolve()
+    assert any("GUARDCAL_DATA_DIR is not set: using" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "checkout"))  # the variable still wins
+    assert resolve_data_dir(None) == tmp_path / "checkout"
+
+
 def test_resolve_data_dir_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    with pytest.raises(DataError, match=r"--data-dir DIR.*GUARDCAL_DATA_DIR"):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data beside it
+    with pytest.raises(DataError, match=r"\.\./shared/data .*does not exist.*--data-dir DIR.*GUARDCAL_DATA_DIR"):
         resolve_data_dir(None)
     with pytest.raises(DataError, match="--data-dir"):
         load_dataset("openai-moderation")
