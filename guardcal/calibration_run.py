@@ -140,7 +140,11 @@ def choose_thresholds(
     """
     if cfg.threshold is not None:
         return fixed_thresholds(cfg.threshold)
-    targets = {"target_error": cfg.target_error, "delta": cfg.delta, "target_error_unsafe": cfg.target_error_unsafe}
+    targets: dict[str, Any] = {
+        "target_error": cfg.target_error,
+        "delta": cfg.delta,
+        "target_error_unsafe": cfg.target_error_unsafe,
+    }
     held, fitted = weights
     start = (
         cfg.start_errors

@@ -186,8 +186,11 @@ def _recorded_shares(thresholds: Thresholds) -> dict[str, Any] | None:
     if not isinstance(groups, dict) or not isinstance(calibration, dict) or not isinstance(n, int) or n <= 0:
         return None
     coverage = calibration.get("coverage")
-    sizes = {label: g.get("n") for label, g in groups.items() if isinstance(g, dict)}
-    if not isinstance(coverage, (int, float)) or not all(isinstance(sizes.get(lb), int) for lb in (SAFE, UNSAFE)):
+    sizes: dict[str, int] = {}
+    for label, group in groups.items():
+        if isinstance(group, dict) and isinstance(group.get("n"), int):
+            sizes[label] = group["n"]
+    if not isinstance(coverage, (int, float)) or not {SAFE, UNSAFE} <= sizes.keys():
         return None
     return {
         "rows": "threshold",
@@ -274,7 +277,7 @@ def _ltt(
                 break
             chosen = i
     met = chosen is not None
-    i = chosen if met else 0
+    i = chosen if chosen is not None else 0
     threshold = float(grid[i]) if met else 1.0
     n_auto = int(n_rows[i]) if met else 0
     k_auto = (int(k[i]) if weights is None else float(k[i])) if met else 0

@@ -95,7 +95,7 @@ async def classify(
         texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope
     )
     response.headers["Cache-Control"] = "no-store"
-    versions = {
+    versions: dict[str, Any] = {
         "request_id": body.request_id,
         "model_version": service.model_version,
         "policy_version": policy_version,

@@ -95,7 +95,7 @@ def parse_api_key_entries(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[
             )
         if key in keys:
             raise ConfigError(f"{source} entry {n} repeats an earlier key; give each key one scope")
-        keys[key] = (scope, name or None)  # type: ignore[assignment]
+        keys[key] = (scope, name or None)
     return keys
 
 
