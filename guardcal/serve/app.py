@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -71,6 +71,44 @@ def create_app(
     """The guardcal HTTP app for ``backend``; ``hooks`` replaces the configured hooks (tests);
     ``reload_on_sighup`` swaps the bundle in anew on SIGHUP (the process's main thread only)."""
     metrics = metrics if metrics is not None else ServeMetrics()
+    docs = settings.dev
+    app = FastAPI(
+        title="guardcal",
+        version=__version__,
+        lifespan=make_lifespan(settings, backend, hooks, metrics, reload_on_sighup),
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_limits(FastAPI.openapi(app), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.state.keyring = KeyRing.from_entries(settings.key_entries())
+    app.state.service = None
+    install_error_handlers(app, metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
+    # added last, so it runs first: a caller without a valid key is refused before the body is read
+    app.add_middleware(AuthMiddleware, keyring=app.state.keyring, settings=settings, metrics=metrics)
+    app.include_router(router)
+    app.include_router(review_router)
+    app.include_router(admin_router)
+    attach_metrics(app, metrics, dependencies=[Depends(require_metrics)])
+    return app
+
+
+def make_lifespan(
+    settings: ServeSettings,
+    backend: ClassifierBackend,
+    hooks: Sequence[EscalationHook] | None,
+    metrics: ServeMetrics,
+    reload_on_sighup: bool,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: build and start the service (hooks, review store, bundle), serve, then drain."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,34 +138,7 @@ def create_app(
             _log.info("guardcal shutting down; pending escalations stay in %s", settings.outbox)
             await service.aclose()
 
-    docs = settings.dev
-    app = FastAPI(
-        title="guardcal",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url=None,
-        openapi_url="/openapi.json" if docs else None,
-    )
-    app.state.settings = settings
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document_limits(FastAPI.openapi(app), settings)
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.state.keyring = KeyRing.from_entries(settings.key_entries())
-    app.state.service = None
-    install_error_handlers(app, metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
-    # added last, so it runs first: a caller without a valid key is refused before the body is read
-    app.add_middleware(AuthMiddleware, keyring=app.state.keyring, settings=settings, metrics=metrics)
-    app.include_router(router)
-    app.include_router(review_router)
-    app.include_router(admin_router)
-    attach_metrics(app, metrics, dependencies=[Depends(require_metrics)])
-    return app
+    return lifespan
 
 
 def watch_sighup(service: GuardService) -> None:
