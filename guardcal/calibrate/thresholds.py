@@ -356,17 +356,9 @@ def risk_controlled_thresholds(
         in ``escalate_all`` and ``details["flags"]`` says "no threshold met the target: everything escalates".
     """
     p, y = check_calibration_set(p_unsafe, labels, need_both_classes=False)
-    alpha_safe = _check_rate(target_error, "target_error")
-    delta = _check_rate(delta, "delta")
-    if target_error_unsafe is not None and not per_label:
-        raise CalibrationError("target_error_unsafe needs per_label=True; drop it or set per_label=True")
-    alpha_unsafe = (
-        alpha_safe if target_error_unsafe is None else _check_rate(target_error_unsafe, "target_error_unsafe")
-    )
+    alpha_safe, alpha_unsafe, delta = _targets(target_error, target_error_unsafe, delta, per_label)
     starts = _start_errors(start_errors)
-    candidates = None if grid is None else check_scores(grid, "grid")
-    if candidates is not None and (candidates.size == 0 or np.any(candidates < 0.5)):
-        raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
+    candidates = _grid(grid)
     conf, pred_unsafe = confidence(p), p >= 0.5
     wrong = pred_unsafe != (y == 1)
     weights = None if sample_weight is None else _weights(sample_weight, p.size)
@@ -403,6 +395,28 @@ def risk_controlled_thresholds(
     result = Thresholds(safe_t, unsafe_t, "risk_controlled", details, tuple(failed))
     details["calibration"] = coverage_and_error(p, y, result)
     return result
+
+
+def _targets(
+    target_error: float, target_error_unsafe: float | None, delta: float, per_label: bool
+) -> tuple[float, float, float]:
+    """(alpha safe, alpha unsafe, delta), checked."""
+    alpha_safe = _check_rate(target_error, "target_error")
+    delta = _check_rate(delta, "delta")
+    if target_error_unsafe is not None and not per_label:
+        raise CalibrationError("target_error_unsafe needs per_label=True; drop it or set per_label=True")
+    alpha_unsafe = (
+        alpha_safe if target_error_unsafe is None else _check_rate(target_error_unsafe, "target_error_unsafe")
+    )
+    return alpha_safe, alpha_unsafe, delta
+
+
+def _grid(grid: ArrayLike | None) -> NDArray[np.float64] | None:
+    """Candidate thresholds as given (checked), or None for the calibration confidences."""
+    candidates = None if grid is None else check_scores(grid, "grid")
+    if candidates is not None and (candidates.size == 0 or np.any(candidates < 0.5)):
+        raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
+    return candidates
 
 
 def _weights(sample_weight: ArrayLike, n: int) -> NDArray[np.float64]:
