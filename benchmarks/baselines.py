@@ -20,8 +20,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from guardcal.calibrate.metrics import compute_metrics
-from guardcal.data.datasets import load_dataset
-from guardcal.types import UNSAFE
+from guardcal.core.examples import UNSAFE
+from guardcal.data.loaders import load_dataset
 
 EVAL_SETS = ("openai-moderation:test", "xstest")
 

@@ -34,9 +34,9 @@ def main() -> int:
     except ImportError:  # run as a script
         from serve_bench import load_inputs  # type: ignore[no-redef]
 
-    from guardcal.backends.hf import HFScorer
     from guardcal.backends.precision import resolve_dtype
     from guardcal.models.loading import load_model
+    from guardcal.scoring.scorer import HFScorer
 
     dtype = resolve_dtype("auto")
     loaded = load_model("default", dtype=dtype)

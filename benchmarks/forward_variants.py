@@ -5,7 +5,7 @@ The server's scorer (the default model, the cached instruction prefix, 16 inputs
 interleaved over ``--repeats`` rounds so that machine drift hits them alike:
 
 - ``served``: what ``guardcal serve`` runs (``--dtype auto``: bf16 where the CPU has it, else fp32;
-  the requests packed end to end in one row, ``backends.packed``);
+  the requests packed end to end in one row, ``scoring.packed``);
 - ``padded``: the same, left-padded to one width per forward and split by length (before packing);
 - ``eager-attention``: padded, with transformers' eager attention instead of SDPA;
 - ``int8-dynamic``: float32 with PyTorch's dynamic int8 quantisation of every Linear.
@@ -33,9 +33,9 @@ BATCH = 16
 def _scorers(texts: list[str]) -> dict[str, Any]:
     import torch
 
-    from guardcal.backends.hf import HFScorer
     from guardcal.backends.precision import resolve_dtype
     from guardcal.models.loading import load_model
+    from guardcal.scoring.scorer import HFScorer
 
     served = load_model("default", dtype=resolve_dtype("auto"))
     padded = load_model("default", dtype=resolve_dtype("auto"))

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from guardcal.calibrate.thresholds import coverage_and_error, fixed_thresholds
-from guardcal.data.datasets import load_dataset
+from guardcal.calibration_run import CalibrateConfig, rows_from_predictions, run_calibration
+from guardcal.core.examples import UNSAFE
+from guardcal.data.loaders import load_dataset
 from guardcal.evaluate import metrics_from_rows
-from guardcal.posthoc import CalibrateConfig, rows_from_predictions, run_calibration
-from guardcal.types import UNSAFE
 
 FIT = "openai-moderation:calib"
 EVAL_SETS = ("openai-moderation:test", "xstest")

@@ -36,7 +36,10 @@ from typing import Any
 
 import httpx
 
-from guardcal.serve.process import ServeProcess, free_port, serve_command, start_serve
+try:
+    from .server_process import ServeProcess, free_port, serve_command, start_serve
+except ImportError:  # run as a script: python benchmarks/NAME.py
+    from server_process import ServeProcess, free_port, serve_command, start_serve  # type: ignore[no-redef]
 
 RESULTS = Path(__file__).parent / "results" / "reliability.json"
 CLASSIFY_KEY = "load-classify-key-0123456789abcdef"
@@ -87,9 +90,11 @@ def make_fake_backend(delay_ms: float = 0.0, fail_file: str | None = None, down_
 
 def serve_fake() -> None:
     """``serve-fake``: guardcal's app and ``serve()`` over the fake backend; settings from GUARDCAL_*."""
+    from guardcal.cli import configure_logging
     from guardcal.serve.app import serve
     from guardcal.serve.settings import ServeSettings
 
+    configure_logging("serve")  # as `guardcal serve` does: the library leaves logging to its caller
     backend = make_fake_backend(
         float(os.environ.get("FAKE_DELAY_MS", "0")),
         os.environ.get("FAKE_FAIL_FILE"),
@@ -867,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     concurrency=64,
                     warmup=64,
                     retry_after_scale=0.2,
-                    settings={"queue_size": 8, "max_concurrency": 4, "max_batch": 8},
+                    settings={"queue_size": 8, "max_concurrency": 4, "max_request_batch": 8},
                 ),
             )
         )

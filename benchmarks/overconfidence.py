@@ -20,7 +20,7 @@ import torch
 
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.evaluate import subsample
 from guardcal.models.loading import load_model
 from guardcal.train.rollout import ForcedDecisionRollout

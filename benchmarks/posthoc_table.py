@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from guardcal.posthoc import CalibrateConfig, run_calibration
+from guardcal.calibration_run import CalibrateConfig, run_calibration
 
 EVAL = ("openai-moderation:test", "xstest")
 METHODS = ("isotonic", "platt", "temperature")

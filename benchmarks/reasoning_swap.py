@@ -45,13 +45,13 @@ import torch
 from tqdm import tqdm
 
 from guardcal.core.confidence import Scores, from_logits
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.evaluate import subsample
 from guardcal.models.loading import load_model
 from guardcal.train.rollout import ForcedDecisionRollout, last_position_logits
-from guardcal.types import SAFE, UNSAFE
 
 try:
     from .rollout_args import add_rollout_arguments

@@ -53,7 +53,10 @@ from typing import Any
 
 import httpx
 
-from guardcal.serve.process import free_port, serve_command
+try:
+    from .server_process import free_port, serve_command
+except ImportError:  # run as a script: python benchmarks/NAME.py
+    from server_process import free_port, serve_command  # type: ignore[no-redef]
 
 CONCURRENCY = (1, 4, 16, 64)
 #: the matmul rates measured for the ceiling
@@ -128,7 +131,7 @@ def load_inputs(n: int, seed: int = 0, fits: Any = None, skipped: list[str] | No
     measures on its own. Each such input is several short inputs' work (15 of the 880 OpenAI
     Moderation test rows; c4 and c16 drew one each, which made them 14% and 6% more prompt tokens).
     """
-    from guardcal.data.datasets import load_dataset
+    from guardcal.data.loaders import load_dataset
 
     rng = random.Random(seed)
     pools = [load_dataset("xstest"), load_dataset("openai-moderation:test")]
@@ -204,21 +207,22 @@ class Baseline:
     """The naive loop (float32, full prompt) and a bare in-process forward in the server's configuration."""
 
     def __init__(self) -> None:
-        from guardcal.backends.hf import HFScorer
         from guardcal.backends.precision import resolve_dtype
         from guardcal.models.loading import load_model
+        from guardcal.scoring.scorer import HFScorer
 
         self.naive = load_model("default", dtype="float32")
         self.scorer = HFScorer(self.naive.model, self.naive.tokenizer)  # renders prompts exactly like the server
         self.served_dtype = resolve_dtype("auto")
         served = load_model("default", dtype=self.served_dtype)
-        self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True, batch_size=16)  # server max_batch
+        # reference reads in batches of 16 (the server's forward_batch is 32): batching moves scores by float noise
+        self.served = HFScorer(served.model, served.tokenizer, prefix_cache=True, batch_size=16)
 
     def flops(self, texts: Sequence[str]) -> dict[str, Any]:
         """Tokens and FLOPs per request: 2 x matmul parameters x tokens, plus the LM head at one position
         per window. A request's tokens are those of every window's prompt the server runs (one window
         for an input within the 1,024-token budget)."""
-        from guardcal.backends.prefix_cache import prefix_token_ids
+        from guardcal.scoring.prefix_cache import prefix_token_ids
 
         model, tok = self.naive.model, self.naive.tokenizer
         windows = [
@@ -700,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["levels"] = {f"c{c}": base.flops(timed) for c, (_, timed) in levels.items()}
     long_level = None
     if "long" in chosen:
-        from guardcal.data.datasets import load_dataset
+        from guardcal.data.loaders import load_dataset
 
         tok = base.naive.tokenizer
         n_long = LONG_CONCURRENCY + LONG_REQUESTS[size]

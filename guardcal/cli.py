@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -23,6 +24,9 @@ class Command(ABC):
 
     @abstractmethod
     def run(self, args: argparse.Namespace) -> int: ...
+
+
+DATA_DIR_HELP = "data root (default: $GUARDCAL_DATA_DIR, else ../shared/data when it exists)"
 
 
 def _offline_env() -> None:
@@ -55,7 +59,7 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
         help="prompt profile: a built-in name (`guardcal prompts`) or a YAML file (default: 'default', the paper's "
         "prompt); part of the prompt fingerprint: serve with the same profile",
     )
-    parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--limit", type=int, help="seeded random subset of N examples per dataset")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -65,7 +69,7 @@ class EvaluateCommand(Command):
     help = "score datasets with a model (+ adapter) and write metrics, predictions and plots"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        from guardcal.data.datasets import describe_datasets
+        from guardcal.data.loaders import describe_datasets
 
         add_scoring_flags(parser)
         parser.add_argument("--bundle", help="calibration bundle JSON, or 'default': metrics become calibrated")
@@ -210,8 +214,9 @@ class CalibrateCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        from guardcal.calibrate.thresholds import uncertified_warning
+        from guardcal.calibration_run import CalibrateConfig, run_calibration
         from guardcal.models.shipped import DEFAULT_REASONING_BUDGET
-        from guardcal.posthoc import CalibrateConfig, run_calibration
 
         cfg = CalibrateConfig(
             output=args.output,
@@ -254,11 +259,9 @@ class CalibrateCommand(Command):
             err = "n/a" if e["error"] is None else f"{100 * e['error']:.1f}%"
             cover = 100 * e["coverage"]
             print(f"{key:24} auto-decided {cover:.1f}% (error {err}), escalated {100 - cover:.1f}%")
-        if escalate_all := t.get("escalate_all"):
+        if warning := uncertified_warning(bundle.get_thresholds(), x.get("fit_escalation")):
             print(
-                f"WARNING: no threshold met the target for {', '.join(escalate_all)}: every prediction of "
-                f"{'those labels' if len(escalate_all) > 1 else 'that label'} will escalate; train a better model, "
-                "raise --target-error, or calibrate on more rows",
+                f"WARNING: {warning}; train a better model, raise --target-error, or calibrate on more rows",
                 file=sys.stderr,
             )
         print(f"wrote {args.output}" + (f" and {args.report}/report.md" if args.report else ""))
@@ -270,7 +273,7 @@ class ServeCommand(Command):
     help = "serve the calibrated guard model over HTTP: POST /classify, /healthz, /readyz, /metrics"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        from guardcal.serve.settings import SECRET_FIELDS, ServeSettings
+        from guardcal.serve.settings import MAX_BATCH_SPLIT, SECRET_FIELDS, ServeSettings
 
         parser.add_argument("--config", help="YAML file of settings (flags > GUARDCAL_* environment > YAML)")
         for name, info in ServeSettings.model_fields.items():
@@ -281,6 +284,9 @@ class ServeCommand(Command):
                 parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=info.description)
             else:
                 parser.add_argument(flag, dest=name, help=info.description)
+        # the old --max-batch meant two settings: refused, naming both (kept out of --help)
+        parser.add_argument("--max-batch", dest="removed_max_batch", action=RefuseFlag, message=MAX_BATCH_SPLIT,
+                            help=argparse.SUPPRESS)  # fmt: skip
 
     def run(self, args: argparse.Namespace) -> int:
         from guardcal.serve.app import serve
@@ -290,6 +296,19 @@ class ServeCommand(Command):
         settings = ServeSettings.load(args.config, **overrides)
         serve(settings, build_backend(settings))
         return 0
+
+
+class RefuseFlag(argparse.Action):
+    """A flag that no longer exists: refused with ``message`` (what replaced it)."""
+
+    def __init__(self, *args: Any, message: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.message = message
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None
+    ) -> None:
+        parser.error(self.message)
 
 
 class RefuseSecretFlag(argparse.Action):
@@ -331,7 +350,7 @@ def build_backend(settings: Any) -> Any:
         settings.adapter,
         settings.reasoning,
         dtype=settings.dtype,
-        max_batch=settings.max_batch,
+        forward_batch=settings.forward_batch,
         max_new_tokens=settings.max_new_tokens,
         max_input_tokens=settings.max_input_tokens,
         max_windows=settings.max_windows,
@@ -345,7 +364,7 @@ class DataCommand(Command):
     help = "write the reproducible OpenAI Moderation split manifest, or export reviewers' verdicts (export-reviews)"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data-dir", help="data root (default: $GUARDCAL_DATA_DIR)")
+        parser.add_argument("--data-dir", help=DATA_DIR_HELP)
         parser.add_argument("--manifest", type=Path, help="where to write the split manifest (JSON)")
         sub = parser.add_subparsers(dest="data_command")
         export = sub.add_parser(
@@ -360,7 +379,7 @@ class DataCommand(Command):
             return export_reviews(args.db, args.output)
         if args.manifest is None:
             raise GuardcalError("guardcal data needs --manifest FILE, or: export-reviews DB --output FILE")
-        from guardcal.data.datasets import write_split_manifest
+        from guardcal.data.loaders import write_split_manifest
 
         path = write_split_manifest(args.manifest, args.data_dir)
         print(f"wrote {path}")
@@ -440,9 +459,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(command: str) -> None:
+    """Logging is the CLI's to set up (library code only logs): guardcal's INFO lines on stderr (never scores;
+    ``guardcal.audit`` stays silent unless set to DEBUG). ``serve`` shows every library's INFO lines (uvicorn's
+    among them); the other commands show other libraries' warnings only."""
+    logging.basicConfig(level=logging.INFO if command == "serve" else logging.WARNING, format=LOG_FORMAT)
+    guardcal_log = logging.getLogger("guardcal")
+    if guardcal_log.level == logging.NOTSET:
+        guardcal_log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _offline_env()
+    configure_logging(args.command)
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
         return command.run(args)

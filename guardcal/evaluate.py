@@ -29,15 +29,15 @@ from guardcal.calibrate.metrics import METRIC_NAMES, compute_metrics
 from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import coverage_and_error
 from guardcal.core.confidence import Scores
+from guardcal.core.examples import UNSAFE, Example
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
-from guardcal.types import UNSAFE, Example
 
 DEVICES = ("auto", "cpu", "cuda")
 
 if TYPE_CHECKING:
-    from guardcal.backends.hf import HFScorer
+    from guardcal.scoring.scorer import HFScorer
 
 REPORT_METRICS = ("n", "accuracy", "ece", "brier", "auroc", "auroc_unsafe", "nll", "overconfident_ratio")
 
@@ -199,9 +199,9 @@ def resolve_device(device: str) -> str:
 
 def open_session(cfg: EvalConfig) -> ScoringSession:
     """Load the model (+ adapter) named by ``cfg`` and wrap it in a scorer."""
-    from guardcal.backends.hf import HFScorer
     from guardcal.core.profiles import load_profile
     from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
+    from guardcal.scoring.scorer import HFScorer
 
     profile = load_profile(cfg.prompt)
     template = PromptTemplate.for_profile(profile, cfg.reasoning)

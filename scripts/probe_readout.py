@@ -56,12 +56,12 @@ def main() -> int:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_score
 
+    from guardcal.core.examples import SAFE, UNSAFE
     from guardcal.core.labels import LabelSpec
     from guardcal.core.profiles import default_profile
     from guardcal.core.prompt import PromptTemplate
-    from guardcal.data.datasets import load_dataset
+    from guardcal.data.loaders import load_dataset
     from guardcal.models.loading import load_model
-    from guardcal.types import SAFE, UNSAFE
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -176,7 +176,7 @@ def label_mass_boost(x: np.ndarray, head: np.ndarray, a: np.ndarray, spec) -> fl
     label = np.zeros(head.shape[0], dtype=bool)
     label[list(spec.all_ids)] = True
     z = x @ head.T
-    from guardcal.types import SAFE, UNSAFE
+    from guardcal.core.examples import SAFE, UNSAFE
 
     unsafe, safe = list(spec.ids_for(UNSAFE)), list(spec.ids_for(SAFE))
     z[:, unsafe] += 0.5 * (x @ a)[:, None]

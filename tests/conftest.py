@@ -53,7 +53,7 @@ def launch_serve():  # type: ignore[no-untyped-def]
     ``keys`` become GUARDCAL_API_KEYS, ``env`` is added to the environment and the names in
     ``drop`` removed from it; a server that does not become ready fails the test with its log.
     """
-    from guardcal.serve.process import free_port, serve_command, start_serve
+    from benchmarks.server_process import free_port, serve_command, start_serve
 
     def launch(workdir: Path, *flags: str, keys: str, env=None, drop=(), ready_timeout_s=600.0):  # type: ignore[no-untyped-def]
         port = free_port()

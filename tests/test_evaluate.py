@@ -50,7 +50,7 @@ def test_metrics_agree_with_predictions(evaluated):
 
 
 def test_subsample_is_seeded_and_keeps_order(data_dir):
-    from guardcal.data.datasets import load_dataset
+    from guardcal.data.loaders import load_dataset
 
     xs = load_dataset("xstest", data_dir)
     a, b = subsample(xs, 40), subsample(xs, 40)

@@ -1,4 +1,6 @@
-"""Imports flow one way: core ← data, calibrate, backends ← train, evaluate, serve ← cli."""
+"""Imports flow one way: core ← data, calibrate, scoring, backends ← train, evaluate, serve ← cli.
+
+``scoring`` (the shared scorer) sits at the backends' level, under the transformers backend."""
 
 import ast
 from pathlib import Path
@@ -8,17 +10,23 @@ import pytest
 PKG = Path(__file__).parents[1] / "guardcal"
 
 # package → guardcal subpackages/modules it must not import
+COMMANDS = {"train", "evaluate", "calibration_run", "serve", "cli"}
 FORBIDDEN = {
-    "core": {"data", "calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
-    "data": {"calibrate", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
-    "calibrate": {"data", "backends", "models", "train", "evaluate", "posthoc", "serve", "cli"},
-    "backends": {"train", "evaluate", "posthoc", "serve", "cli"},
-    "models": {"train", "evaluate", "posthoc", "serve", "cli", "backends"},
-    "train": {"serve", "cli", "evaluate", "posthoc"},
-    "serve": {"train", "cli"},
+    "core": {"data", "calibrate", "scoring", "backends", "models"} | COMMANDS,
+    "data": {"calibrate", "scoring", "backends", "models"} | COMMANDS,
+    "calibrate": {"data", "scoring", "backends", "models"} | COMMANDS,
+    "scoring": {"data", "calibrate", "backends", "models"} | COMMANDS,
+    "models": {"scoring", "backends"} | COMMANDS,
+    "backends": COMMANDS,
+    "train": {"serve", "cli", "evaluate", "calibration_run"},
+    "serve": {"train", "evaluate", "calibration_run", "cli"},
 }
 # third-party modules a layer must not import (calibrate stays light: no torch at all)
-FORBIDDEN_THIRD_PARTY = {"core": {"torch", "transformers"}, "calibrate": {"torch", "transformers", "fastapi"}}
+FORBIDDEN_THIRD_PARTY = {
+    "core": {"torch", "transformers"},
+    "calibrate": {"torch", "transformers", "fastapi"},
+    "scoring": {"fastapi", "vllm"},
+}
 
 
 def _imports(path: Path) -> set[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.cli import main
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.serve.reviews import ReviewStore
 
 ROOT = Path(__file__).parents[1]

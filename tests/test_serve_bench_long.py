@@ -93,7 +93,7 @@ def test_flops_count_every_window(default_model):
 
     class Stub(sb.Baseline):
         def __init__(self, loaded):
-            from guardcal.backends.hf import HFScorer
+            from guardcal.scoring.scorer import HFScorer
 
             self.naive = loaded
             self.scorer = HFScorer(loaded.model, loaded.tokenizer)

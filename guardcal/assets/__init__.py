@@ -1,7 +1,7 @@
 """Artifacts shipped inside the package: the default adapter and calibration bundle.
 
 ``--adapter default`` and ``--bundle default`` resolve here. Both are produced by
-this project's own training and calibration runs (see README "Results").
+this project's own training and calibration runs (see docs/results.md).
 """
 
 from __future__ import annotations

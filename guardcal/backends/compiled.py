@@ -8,7 +8,7 @@ The cost is a compile at start-up (minutes on 2 cores for a 30-layer model; /rea
 it) and a C++ compiler on the machine. Shapes are compiled dynamic, so new batch sizes and
 lengths reuse the graph instead of recompiling under traffic.
 
-Measured on the 2-core development CPU (README "Performance"): 1.08-1.22x in process, but no
+Measured on the 2-core development CPU (docs/performance.md): 1.08-1.22x in process, but no
 faster through the HTTP server (0.91x at 16 concurrent requests), after 191 s of compiling.
 So it is opt-in and off by default; measure it on your own machine (serve_bench.py).
 """

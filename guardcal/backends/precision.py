@@ -4,7 +4,7 @@
 where matrix multiplies run about twice as fast as in float32, and ``float32`` elsewhere (without
 those instructions PyTorch emulates bf16, which is slower than float32). ``guardcal evaluate``
 and calibration stay in float32 unless told otherwise; the bf16 scores agree with float32 to
-the tolerance measured in ``tests/backends/test_prefix_cache.py`` (see README "Performance").
+the tolerance measured in ``tests/scoring/test_prefix_cache.py`` (see docs/performance.md).
 """
 
 from __future__ import annotations

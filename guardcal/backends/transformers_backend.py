@@ -1,13 +1,13 @@
 """The transformers serving backend: the shared scorer behind dynamic micro-batching.
 
 Concurrent ``score`` calls are collected for up to ``max_wait_ms`` (or until
-``max_batch`` texts are waiting) and scored together (one packed forward pass, or a
+``forward_batch`` texts are waiting) and scored together (one packed forward pass, or a
 few padded ones) on a worker thread, so the event loop never blocks and a burst of
 single requests becomes a few batched forwards. Decision-token probabilities go through the
 same ``HFScorer`` + ``core.confidence`` path as ``guardcal evaluate``, with three serving-only
 speed-ups: the instruction prefix's KV cache is computed once and reused, so each forward runs
 only the per-request tokens; those tokens are packed end to end in one row, with no padding
-(``backends.packed``; not with ``compile``); and ``dtype="auto"`` runs the model in bfloat16 on
+(``scoring.packed``; not with ``compile``); and ``dtype="auto"`` runs the model in bfloat16 on
 CPUs with native bf16 instructions (``backends.precision``).
 
 An input over ``max_input_tokens`` tokens is scored as overlapping windows (``core.windows``):
@@ -51,7 +51,7 @@ class TransformersBackend(ClassifierBackend):
         adapter: str | None = None,
         reasoning: bool = False,
         dtype: str = "auto",
-        max_batch: int = 16,
+        forward_batch: int = 16,
         max_wait_ms: float = 5.0,
         max_input_tokens: int = DEFAULT_MAX_TOKENS,
         max_new_tokens: int = 256,
@@ -66,7 +66,7 @@ class TransformersBackend(ClassifierBackend):
         self.model, self.adapter, self.dtype = model, adapter, resolve_dtype(dtype)
         self.prefix_cache, self.compile = prefix_cache, compile
         self.template = PromptTemplate.for_profile(load_profile(prompt), reasoning)
-        self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
+        self.forward_batch, self.max_wait_s = forward_batch, max_wait_ms / 1000.0
         self.max_input_tokens, self.max_new_tokens = max_input_tokens, max_new_tokens
         self.max_windows = max_windows
         self.scorer: Any = None
@@ -96,8 +96,8 @@ class TransformersBackend(ClassifierBackend):
         self.ready = True
 
     def _load(self) -> None:
-        from guardcal.backends.hf import HFScorer
         from guardcal.models.loading import adapter_fingerprint, load_model, model_identity
+        from guardcal.scoring.scorer import HFScorer
 
         loaded = load_model(self.model, self.adapter, dtype=self.dtype)
         if self.compile:
@@ -108,7 +108,7 @@ class TransformersBackend(ClassifierBackend):
             loaded.model,
             loaded.tokenizer,
             self.template,
-            batch_size=self.max_batch,
+            batch_size=self.forward_batch,
             max_input_tokens=self.max_input_tokens,
             max_new_tokens=self.max_new_tokens,
             max_windows=self.max_windows,
@@ -150,7 +150,7 @@ class TransformersBackend(ClassifierBackend):
         while True:
             batch = [await self._queue.get()]
             deadline = asyncio.get_running_loop().time() + self.max_wait_s
-            while sum(len(p.texts) for p in batch) < self.max_batch:
+            while sum(len(p.texts) for p in batch) < self.forward_batch:
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     break

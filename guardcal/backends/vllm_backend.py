@@ -2,7 +2,7 @@
 
 Same prompts, windows (``core.windows``: an input over ``max_input_tokens`` tokens is scored as
 overlapping windows, all submitted to the engine together, and reads as its highest-P(unsafe)
-window), label spec and identity as the transformers backend (``hf.py``), so a calibration bundle
+window), label spec and identity as the transformers backend (``scoring/scorer.py``), so a calibration bundle
 fitted with one serves with the other:
 
 - direct mode: one request per input with ``max_tokens=1``, ``allowed_token_ids`` = the

@@ -185,9 +185,9 @@ class EngineLoop:
             return
         for output in outputs:
             if getattr(output, "finished", False):
-                request = pending.pop(output.request_id, None)
-                if request is not None:
-                    _settle(request.loop, request.future, output, None)
+                done = pending.pop(output.request_id, None) if output.request_id in pending else None
+                if done is not None:
+                    _settle(done.loop, done.future, output, None)
         if pending and not engine.has_unfinished_requests():  # never spin on requests the engine lost
             lost = BackendError("vLLM finished without returning this request's output; see the server log")
             for request in pending.values():

@@ -33,8 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from guardcal.calibrate.base import check_calibration_set, check_scores, confidence
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.errors import CalibrationError
-from guardcal.types import SAFE, UNSAFE
 
 NO_THRESHOLD_FLAG = "no threshold met the target: everything escalates"
 _FIELDS = ("safe", "unsafe", "method", "details")
@@ -169,6 +169,59 @@ def coverage_and_error(p_unsafe: ArrayLike, labels: ArrayLike, thresholds: Thres
     return {"coverage": n_auto / p.size, "error": errors / n_auto if n_auto else None, "n_auto": n_auto, "n": p.size}
 
 
+def escalation_shares(thresholds: Thresholds, p_unsafe: ArrayLike, rows: str = "fit") -> dict[str, Any]:
+    """What ``thresholds`` do to rows with these calibrated P(unsafe): the share that escalates, and per
+    predicted label the share predicted so (JSON-safe; ``rows`` names the rows, e.g. "fit")."""
+    p = check_scores(p_unsafe, "p_unsafe")
+    n = int(p.size)
+    escalate = 1.0 - float(thresholds.auto_mask(p).mean()) if n else 0.0
+    predicted = {SAFE: float(np.mean(p < 0.5)) if n else 0.0, UNSAFE: float(np.mean(p >= 0.5)) if n else 0.0}
+    return {"rows": rows, "n": n, "escalate": escalate, "predicted": predicted}
+
+
+def _recorded_shares(thresholds: Thresholds) -> dict[str, Any] | None:
+    """:func:`escalation_shares` as far as risk-controlled thresholds record them (their threshold rows)."""
+    details = thresholds.details
+    groups, calibration, n = details.get("groups"), details.get("calibration"), details.get("n")
+    if not isinstance(groups, dict) or not isinstance(calibration, dict) or not isinstance(n, int) or n <= 0:
+        return None
+    coverage = calibration.get("coverage")
+    sizes: dict[str, int] = {}
+    for label, group in groups.items():
+        if isinstance(group, dict) and isinstance(group.get("n"), int):
+            sizes[label] = group["n"]
+    if not isinstance(coverage, (int, float)) or not {SAFE, UNSAFE} <= sizes.keys():
+        return None
+    return {
+        "rows": "threshold",
+        "n": n,
+        "escalate": 1.0 - float(coverage),
+        "predicted": {label: sizes[label] / n for label in (SAFE, UNSAFE)},
+    }
+
+
+def uncertified_warning(thresholds: Thresholds, shares: Mapping[str, Any] | None = None) -> str | None:
+    """A warning when the thresholds certify nothing for a predicted label (it is never auto-decided), or None.
+
+    ``shares`` (:func:`escalation_shares`) gives the share that will escalate; without it the shares the
+    thresholds recorded on their own rows are used, and failing those the warning names the label only.
+    A label escalated on purpose (``escalate_below`` 1.0) is not warned about.
+    """
+    labels = [label for label in (SAFE, UNSAFE) if label in thresholds.escalate_all]
+    if not labels or "escalate_below" in thresholds.details:
+        return None
+    named = " and ".join(f"predicted-{label}" for label in labels)
+    message = (
+        f"the thresholds certify nothing for {named} inputs: no threshold met the risk-control target, so every "
+        f"input the model calls {' or '.join(labels)} escalates and is never auto-decided"
+    )
+    shares = shares if shares is not None else _recorded_shares(thresholds)
+    if shares:
+        called = ", ".join(f"{100 * shares['predicted'][label]:.1f}% called {label}" for label in labels)
+        message += f"; on the {shares['n']} {shares['rows']} rows {100 * shares['escalate']:.1f}% escalate ({called})"
+    return message
+
+
 def binom_cdf(k: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
     """``P(Bin(n, alpha) <= k)`` for real ``k`` and ``n`` (the regularised incomplete beta ``I_{1-alpha}(n-k, k+1)``,
     equal to scipy's binomial CDF at whole numbers); 1 where ``k >= n`` (no rejection possible)."""
@@ -224,7 +277,7 @@ def _ltt(
                 break
             chosen = i
     met = chosen is not None
-    i = chosen if met else 0
+    i = chosen if chosen is not None else 0
     threshold = float(grid[i]) if met else 1.0
     n_auto = int(n_rows[i]) if met else 0
     k_auto = (int(k[i]) if weights is None else float(k[i])) if met else 0
@@ -303,17 +356,9 @@ def risk_controlled_thresholds(
         in ``escalate_all`` and ``details["flags"]`` says "no threshold met the target: everything escalates".
     """
     p, y = check_calibration_set(p_unsafe, labels, need_both_classes=False)
-    alpha_safe = _check_rate(target_error, "target_error")
-    delta = _check_rate(delta, "delta")
-    if target_error_unsafe is not None and not per_label:
-        raise CalibrationError("target_error_unsafe needs per_label=True; drop it or set per_label=True")
-    alpha_unsafe = (
-        alpha_safe if target_error_unsafe is None else _check_rate(target_error_unsafe, "target_error_unsafe")
-    )
+    alpha_safe, alpha_unsafe, delta = _targets(target_error, target_error_unsafe, delta, per_label)
     starts = _start_errors(start_errors)
-    candidates = None if grid is None else check_scores(grid, "grid")
-    if candidates is not None and (candidates.size == 0 or np.any(candidates < 0.5)):
-        raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
+    candidates = _grid(grid)
     conf, pred_unsafe = confidence(p), p >= 0.5
     wrong = pred_unsafe != (y == 1)
     weights = None if sample_weight is None else _weights(sample_weight, p.size)
@@ -350,6 +395,28 @@ def risk_controlled_thresholds(
     result = Thresholds(safe_t, unsafe_t, "risk_controlled", details, tuple(failed))
     details["calibration"] = coverage_and_error(p, y, result)
     return result
+
+
+def _targets(
+    target_error: float, target_error_unsafe: float | None, delta: float, per_label: bool
+) -> tuple[float, float, float]:
+    """(alpha safe, alpha unsafe, delta), checked."""
+    alpha_safe = _check_rate(target_error, "target_error")
+    delta = _check_rate(delta, "delta")
+    if target_error_unsafe is not None and not per_label:
+        raise CalibrationError("target_error_unsafe needs per_label=True; drop it or set per_label=True")
+    alpha_unsafe = (
+        alpha_safe if target_error_unsafe is None else _check_rate(target_error_unsafe, "target_error_unsafe")
+    )
+    return alpha_safe, alpha_unsafe, delta
+
+
+def _grid(grid: ArrayLike | None) -> NDArray[np.float64] | None:
+    """Candidate thresholds as given (checked), or None for the calibration confidences."""
+    candidates = None if grid is None else check_scores(grid, "grid")
+    if candidates is not None and (candidates.size == 0 or np.any(candidates < 0.5)):
+        raise CalibrationError("grid must hold at least one threshold, all in [0.5, 1]")
+    return candidates
 
 
 def _weights(sample_weight: ArrayLike, n: int) -> NDArray[np.float64]:

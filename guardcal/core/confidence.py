@@ -21,14 +21,14 @@ Definitions (arXiv 2601.13284):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.core.labels import LabelSpec
-from guardcal.types import SAFE, UNSAFE
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -143,7 +143,7 @@ def from_logits(logits: npt.ArrayLike, spec: LabelSpec) -> Scores:
     return from_label_logprobs(z[:, list(spec.all_ids)] - log_norm, spec)
 
 
-def from_top_logprobs(rows: list[Mapping[int, float]], spec: LabelSpec) -> Scores:
+def from_top_logprobs(rows: Sequence[Mapping[int, float]], spec: LabelSpec) -> Scores:
     """Read per-input ``{token_id: logprob}`` maps (e.g. vLLM top-k logprobs).
 
     A label token missing from a map counts as probability 0; an input whose

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.errors import LabelSpecError
-from guardcal.types import SAFE, UNSAFE
 
 DEFAULT_SURFACES: Mapping[str, str] = {SAFE: "Safe", UNSAFE: "Unsafe"}
 ESCALATE = "escalate"

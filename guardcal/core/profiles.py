@@ -45,9 +45,9 @@ from guardcal.core.conversation import (
     judged_conversation,
     parse_turns,
 )
+from guardcal.core.examples import SAFE, UNSAFE
 from guardcal.core.quoting import QUOTINGS, marker_pattern, quote
 from guardcal.errors import ConfigError
-from guardcal.types import SAFE, UNSAFE
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -276,14 +276,7 @@ def default_profile() -> PromptProfile:
 
 def profile_from_dict(data: Any, where: str = "prompt profile") -> PromptProfile:
     """Validate a parsed YAML document; ConfigError naming ``where``, the field and the fix."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: a prompt profile is a YAML mapping of fields, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(_KEYS)}")
-    for key in ("name", "instruction", "labels"):
-        if key not in data:
-            raise ConfigError(f"{where}: missing field {key!r} ({_KEYS[key]}); see docs/prompts.md")
+    _check_fields(data, where)
     text = _Fields(data, where)
     name = text.string("name")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
@@ -301,19 +294,8 @@ def profile_from_dict(data: Any, where: str = "prompt profile") -> PromptProfile
     rules = text.mapping("rules", MODES, {"direct": ""})
     if "direct" not in rules:
         raise ConfigError(f"{where}: rules needs a 'direct' entry (may be an empty string)")
-    labels = text.mapping("labels", MEANINGS)
-    missing = [m for m in (SAFE, UNSAFE) if m not in labels]
-    if missing:
-        raise ConfigError(f"{where}: labels needs words for {missing}, e.g. labels: {{safe: Safe, unsafe: Unsafe}}")
-    words = list(labels.values())
-    if any(not w.strip() for w in words) or len({w.strip().casefold() for w in words}) != len(words):
-        raise ConfigError(f"{where}: label words must be non-empty and distinct, got {labels}")
-    think = data.get("think", [THINK_OPEN, THINK_CLOSE])
-    if not (isinstance(think, list) and len(think) == 2 and all(isinstance(t, str) and t for t in think)):
-        raise ConfigError(f"{where}: think must be a list of two tags, e.g. ['<think>', '</think>']")
-    reserved = data.get("reserved", [])
-    if not (isinstance(reserved, list) and all(isinstance(r, str) for r in reserved)):
-        raise ConfigError(f"{where}: reserved must be a list of strings")
+    labels = _label_words(text, where)
+    think, reserved = _tags(data, where)
     mode = text.choice("mode", MODES, "direct")
     if mode == "reasoning" and "reasoning" not in rules:
         raise ConfigError(f"{where}: mode is reasoning but rules has no 'reasoning' entry; add one")
@@ -339,6 +321,41 @@ def profile_from_dict(data: Any, where: str = "prompt profile") -> PromptProfile
         reserved=tuple(reserved),
         origin=where,
     )
+
+
+def _check_fields(data: Any, where: str) -> None:
+    """A mapping with known fields only, the required ones present."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: a prompt profile is a YAML mapping of fields, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(_KEYS)}")
+    for key in ("name", "instruction", "labels"):
+        if key not in data:
+            raise ConfigError(f"{where}: missing field {key!r} ({_KEYS[key]}); see docs/prompts.md")
+
+
+def _label_words(text: _Fields, where: str) -> dict[str, str]:
+    """``labels``: a word for each meaning, non-empty and distinct."""
+    labels = text.mapping("labels", MEANINGS)
+    missing = [m for m in (SAFE, UNSAFE) if m not in labels]
+    if missing:
+        raise ConfigError(f"{where}: labels needs words for {missing}, e.g. labels: {{safe: Safe, unsafe: Unsafe}}")
+    words = list(labels.values())
+    if any(not w.strip() for w in words) or len({w.strip().casefold() for w in words}) != len(words):
+        raise ConfigError(f"{where}: label words must be non-empty and distinct, got {labels}")
+    return labels
+
+
+def _tags(data: Mapping[str, Any], where: str) -> tuple[list[str], list[str]]:
+    """``think`` (two tags) and ``reserved`` (strings)."""
+    think = data.get("think", [THINK_OPEN, THINK_CLOSE])
+    if not (isinstance(think, list) and len(think) == 2 and all(isinstance(t, str) and t for t in think)):
+        raise ConfigError(f"{where}: think must be a list of two tags, e.g. ['<think>', '</think>']")
+    reserved = data.get("reserved", [])
+    if not (isinstance(reserved, list) and all(isinstance(r, str) for r in reserved)):
+        raise ConfigError(f"{where}: reserved must be a list of strings")
+    return think, reserved
 
 
 class _Fields:

@@ -165,7 +165,7 @@ def first_window(text: str, tokenizer: Any, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else str(tokenizer.decode(ids[:max_tokens]))
 
 
-def decisive(p_unsafe: npt.ArrayLike, decided: npt.ArrayLike, counts: Sequence[int]) -> npt.NDArray[np.int64]:
+def decisive(p_unsafe: npt.ArrayLike, decided: npt.ArrayLike, counts: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """Each input's deciding window, as an index into the flat window arrays.
 
     ``p_unsafe`` and ``decided`` hold every window's reading, input after input (``counts[i]``

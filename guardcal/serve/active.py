@@ -15,11 +15,11 @@ from typing import Any
 
 from guardcal.calibrate.base import Calibrator
 from guardcal.calibrate.bundle import CalibrationBundle
-from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds
+from guardcal.calibrate.thresholds import Thresholds, fixed_thresholds, uncertified_warning
+from guardcal.core.examples import LABELS
 from guardcal.errors import CalibrationError
 from guardcal.serve.errors import StartupError
 from guardcal.serve.settings import ServeSettings
-from guardcal.types import LABELS
 
 
 def digest(prefix: str, value: Any) -> str:
@@ -69,3 +69,16 @@ def check_fits(bundle: CalibrationBundle, identity: dict[str, Any], settings: Se
             f"bundle was fitted on scores in {fitted} but the server scores in {settings.dtype}; restart the server "
             f"with --dtype {fitted} to use it"
         )
+
+
+def uncertified(policy: ActivePolicy) -> str | None:
+    """The start-up warning when the policy's thresholds certify nothing for a predicted label, with the share
+    that escalates on the bundle's fit rows when it records it (``extra.fit_escalation``), else on its threshold
+    rows, else naming the label only; None when every label can be auto-decided (or is escalated on purpose)."""
+    bundle = policy.bundle
+    from_bundle = bundle is not None and bundle.thresholds == policy.thresholds.to_dict()
+    shares = bundle.extra.get("fit_escalation") if from_bundle and bundle is not None else None
+    warning = uncertified_warning(policy.thresholds, shares if isinstance(shares, dict) else None)
+    if warning is None:
+        return None
+    return f"{warning}; serve a bundle whose thresholds certify it, or set --escalate-below P for a fixed threshold"

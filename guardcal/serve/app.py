@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -43,7 +43,7 @@ BODY_SLACK_BYTES = 64 * 1024
 
 def max_body_bytes(settings: ServeSettings) -> int:
     """The largest request body a valid request can need."""
-    return BODY_BYTES_PER_CHAR * settings.max_input_chars * settings.max_batch + BODY_SLACK_BYTES
+    return BODY_BYTES_PER_CHAR * settings.max_input_chars * settings.max_request_batch + BODY_SLACK_BYTES
 
 
 def document_limits(schema: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def document_limits(schema: dict[str, Any], settings: ServeSettings) -> dict[str
     if "input" in fields:
         fields["input"]["maxLength"] = settings.max_input_chars
     if "inputs" in fields:
-        fields["inputs"]["maxItems"] = settings.max_batch
+        fields["inputs"]["maxItems"] = settings.max_request_batch
         fields["inputs"]["items"] = {"type": "string", "maxLength": settings.max_input_chars}
     message = schema.get("components", {}).get("schemas", {}).get("Message", {}).get("properties", {})
     if "content" in message:  # all turns together are limited too (413): a sum JSON schema cannot state
@@ -71,36 +71,11 @@ def create_app(
     """The guardcal HTTP app for ``backend``; ``hooks`` replaces the configured hooks (tests);
     ``reload_on_sighup`` swaps the bundle in anew on SIGHUP (the process's main thread only)."""
     metrics = metrics if metrics is not None else ServeMetrics()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        chosen = list(hooks) if hooks is not None else load_hooks(settings)
-        store = ReviewStore(settings.review_path()) if settings.reviews else None
-        if store is not None and "review" not in {h.name for h in chosen}:
-            chosen.append(ReviewHook(store))
-        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics, reviews=store)
-        app.state.service = service
-        try:
-            await service.start()
-        except BaseException:
-            app.state.service = None
-            await service.aclose()
-            raise
-        if reload_on_sighup:
-            watch_sighup(service)
-        try:
-            yield
-        finally:
-            if reload_on_sighup:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            _log.info("guardcal shutting down; pending escalations stay in %s", settings.outbox)
-            await service.aclose()
-
     docs = settings.dev
     app = FastAPI(
         title="guardcal",
         version=__version__,
-        lifespan=lifespan,
+        lifespan=make_lifespan(settings, backend, hooks, metrics, reload_on_sighup),
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
@@ -126,6 +101,46 @@ def create_app(
     return app
 
 
+def make_lifespan(
+    settings: ServeSettings,
+    backend: ClassifierBackend,
+    hooks: Sequence[EscalationHook] | None,
+    metrics: ServeMetrics,
+    reload_on_sighup: bool,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: build and start the service (hooks, review store, bundle), serve, then drain."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        chosen = list(hooks) if hooks is not None else load_hooks(settings)
+        store = ReviewStore(settings.review_path()) if settings.reviews else None
+        if store is not None and "review" not in {h.name for h in chosen}:
+            chosen.append(ReviewHook(store))
+        service = GuardService(backend, load_bundle(settings), settings, chosen, metrics, reviews=store)
+        app.state.service = service
+        try:
+            await service.start()
+        except BaseException:
+            app.state.service = None
+            await service.aclose()
+            raise
+        if reload_on_sighup:
+            watch_sighup(service)
+        if settings.dev:
+            _log.info("API docs at /docs and /openapi.json (--dev)")
+        else:
+            _log.info("API docs at /docs: start with --dev")
+        try:
+            yield
+        finally:
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            _log.info("guardcal shutting down; pending escalations stay in %s", settings.outbox)
+            await service.aclose()
+
+    return lifespan
+
+
 def watch_sighup(service: GuardService) -> None:
     """On SIGHUP, reload the bundle (a refusal is logged, and the running policy stays)."""
     loop = asyncio.get_running_loop()
@@ -149,8 +164,6 @@ def serve(settings: ServeSettings, backend: ClassifierBackend) -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM (graceful: in-flight requests finish)."""
     import uvicorn
 
-    # guardcal's own INFO lines (never scores); guardcal.audit stays silent unless set to DEBUG
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, backend, reload_on_sighup=True)
     config = uvicorn.Config(
         app,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 Label = Literal["safe", "unsafe"]
 Action = Literal["allow", "block", "escalate"]
@@ -36,7 +37,7 @@ def _check_unicode(text: str, what: str) -> None:
 
 
 #: the JSON-schema form of "exactly one of input / inputs / messages" (what ``_one_of`` enforces)
-ONE_OF_INPUT = {
+ONE_OF_INPUT: JsonDict = {
     "oneOf": [
         {"required": ["input"], "properties": {"input": {"type": "string"}}},
         {"required": ["inputs"], "properties": {"inputs": {"type": "array"}}},
@@ -66,7 +67,7 @@ class ClassifyRequest(_Strict):
     model_config = ConfigDict(json_schema_extra=ONE_OF_INPUT)
 
     input: str | None = Field(None, description="one text to classify")
-    inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_batch)")
+    inputs: list[str] | None = Field(None, min_length=1, description="texts to classify (1..max_request_batch)")
     messages: list[Message] | None = Field(
         None,
         min_length=1,

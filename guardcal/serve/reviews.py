@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from guardcal.calibrate.verdicts import ITEM_COLUMNS, read_reviews, reviewed_rows
-from guardcal.types import LABELS
+from guardcal.core.examples import LABELS
 
 __all__ = ["ITEM_COLUMNS", "ReviewHook", "ReviewStore", "UnknownItemError", "VerdictResult", "read_reviews"]
 

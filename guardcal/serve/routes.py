@@ -11,7 +11,7 @@ setting (413 input length, 422 batch size) are checked here. Status codes of ``/
 - 413 an input over ``max_input_chars`` (or a body over the size any valid request needs), or one
   longer than ``max_windows`` scoring windows of ``max_input_tokens`` tokens (long inputs are scored
   whole, as overlapping windows: never cut);
-- 422 unknown fields, wrong types, empty batch or a batch over ``max_batch``; more than one of
+- 422 unknown fields, wrong types, empty batch or a batch over ``max_request_batch``; more than one of
   ``input``/``inputs``/``messages``; ``messages`` with an unknown role, no turn of the role the prompt
   profile judges, or sent to a profile without a conversation layout;
 - 429 (``Retry-After: 1``) the bounded queue is full; 503 (``Retry-After: 5``) not serving (starting,
@@ -55,12 +55,13 @@ def conversation_of(body: ClassifyRequest, settings: ServeSettings) -> Conversat
 
 
 def check_limits(texts: list[Any], settings: ServeSettings) -> None:
-    """422 for a batch over ``max_batch``, 413 for an input (or a conversation, all turns) over ``max_input_chars``."""
-    if len(texts) > settings.max_batch:
+    """422 for a batch over ``max_request_batch``, 413 for an input (or a conversation, all turns) over
+    ``max_input_chars``."""
+    if len(texts) > settings.max_request_batch:
         raise ApiError(
             422,
-            f"'inputs' holds {len(texts)} texts; the limit is {settings.max_batch} per request "
-            "(GUARDCAL_MAX_BATCH); split the batch",
+            f"'inputs' holds {len(texts)} texts; the limit is {settings.max_request_batch} per request "
+            "(GUARDCAL_MAX_REQUEST_BATCH); split the batch",
         )
     for i, text in enumerate(texts):
         if len(text) > settings.max_input_chars:
@@ -94,7 +95,7 @@ async def classify(
         texts, request_id=body.request_id, metadata=body.metadata, scope=caller.scope
     )
     response.headers["Cache-Control"] = "no-store"
-    versions = {
+    versions: dict[str, Any] = {
         "request_id": body.request_id,
         "model_version": service.model_version,
         "policy_version": policy_version,

@@ -32,7 +32,7 @@ from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.thresholds import Thresholds
 from guardcal.core.confidence import Scores
 from guardcal.errors import BackendError, CalibrationError, InputTooLongError
-from guardcal.serve.active import ActivePolicy, check_fits, digest
+from guardcal.serve.active import ActivePolicy, check_fits, digest, uncertified
 from guardcal.serve.active import resolve_thresholds as resolve_thresholds  # re-exported
 from guardcal.serve.errors import (
     BundleRefusedError,
@@ -247,6 +247,8 @@ class GuardService:
             ",".join(h.name for h in self.hooks) or "none",
         )
         _audit.debug("thresholds %s", json.dumps(self.thresholds.to_dict(), default=str))
+        if warning := uncertified(self.policy):
+            _log.warning("%s", warning)
 
     async def _warm_up(self) -> None:
         try:
@@ -309,6 +311,8 @@ class GuardService:
             self.metrics.bundle_reloads.labels(outcome="swapped").inc()
             _log.info("bundle reloaded from %s: policy_version %s -> %s", path, old.version, policy.version)
             _audit.debug("thresholds %s", json.dumps(policy.thresholds.to_dict(), default=str))
+            if warning := uncertified(policy):
+                _log.warning("%s", warning)
         await self.refresh_reviews()
         return old.version, policy.version
 

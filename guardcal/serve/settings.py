@@ -39,6 +39,12 @@ KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: settings that hold secrets: never command-line flags (argv is visible to every user in ``ps``)
 SECRET_FIELDS = ("api_keys", "webhook_secret")
 MIN_KEY_CHARS = 16
+#: the answer to the old ``max_batch`` setting (flag, environment or YAML), which meant two things
+MAX_BATCH_SPLIT = (
+    "max_batch (--max-batch, GUARDCAL_MAX_BATCH) was split in two: max_request_batch (--max-request-batch, "
+    "GUARDCAL_MAX_REQUEST_BATCH), the most inputs in one request, and forward_batch (--forward-batch, "
+    "GUARDCAL_FORWARD_BATCH), the most texts the model scores in one micro-batch; set the one you meant"
+)
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("guardcal_serve_config", default=None)
 
 
@@ -89,7 +95,7 @@ def parse_api_key_entries(text: str, source: str = "GUARDCAL_API_KEYS") -> dict[
             )
         if key in keys:
             raise ConfigError(f"{source} entry {n} repeats an earlier key; give each key one scope")
-        keys[key] = (scope, name or None)  # type: ignore[assignment]
+        keys[key] = (scope, name or None)
     return keys
 
 
@@ -155,7 +161,7 @@ class ServeSettings(BaseSettings):
     compile: bool = Field(
         False,
         description="transformers backend: torch.compile the forward (fused kernels; minutes of compiling before "
-        "/readyz; not faster through HTTP on the 2-core CPU measured, see README Performance; needs a C++ compiler)",
+        "/readyz; not faster through HTTP on the 2-core CPU measured, see docs/performance.md; needs a C++ compiler)",
     )
     escalate_below: float | None = Field(
         None, description="fixed confidence threshold in [0.5, 1] overriding the bundle's; 1.0 escalates everything"
@@ -238,7 +244,16 @@ class ServeSettings(BaseSettings):
         description="most windows one input is scored as (each costs a forward of up to max_input_tokens tokens); "
         "an input needing more is refused with 413, never cut",
     )
-    max_batch: int = Field(32, ge=1, le=1024, description="most inputs in one request (more: 422)")
+    max_request_batch: int = Field(
+        32, ge=1, le=1024, description="most inputs in one POST /classify request (more: 422)"
+    )
+    forward_batch: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="transformers backend: most texts (windows count as texts) gathered into one micro-batch and "
+        "scored together; its memory grows with this; unrelated to max_request_batch",
+    )
     request_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -297,6 +312,13 @@ class ServeSettings(BaseSettings):
             raise ConfigError(describe_errors(exc)) from None
         finally:
             _CONFIG_FILE.reset(token)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_batch_was_split(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and "max_batch" in data) or os.environ.get("GUARDCAL_MAX_BATCH"):
+            raise ValueError(MAX_BATCH_SPLIT)
+        return data
 
     @field_validator("fail_action", mode="before")
     @classmethod

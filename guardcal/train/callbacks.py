@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
-from guardcal.backends.hf import HFScorer
 from guardcal.calibrate.metrics import compute_metrics
-from guardcal.types import UNSAFE, Example
+from guardcal.core.examples import UNSAFE, Example
+from guardcal.scoring.scorer import HFScorer
 
 
 class JsonlLog:

@@ -57,7 +57,7 @@ class TrainConfig:
         "prompt profile (policy, label words, layout): a built-in name (`guardcal prompts`) or a YAML file; "
         "evaluate, calibrate and serve the adapter with the same profile",
     )
-    data_dir: str | None = _f(None, "data root (default: $GUARDCAL_DATA_DIR)")
+    data_dir: str | None = _f(None, "data root (default: $GUARDCAL_DATA_DIR, else ../shared/data when it exists)")
     train_dataset: str = _f("openai-moderation:train", "training set (any guardcal dataset key)")
     eval_dataset: str = _f("openai-moderation:calib", "validation slice for the evaluation callback")
     eval_limit: int = _f(64, "validation examples scored by the evaluation callback (0 = off)")
@@ -150,16 +150,7 @@ class TrainConfig:
         from guardcal.core.profiles import load_profile
 
         load_profile(self.prompt)
-        _choice("method", self.method, METHODS)
-        _choice("profile", self.profile, PROFILES)
-        _choice("advantage", self.advantage, ADVANTAGES)
-        if self.advantage == "auto":
-            self.advantage = AUTO_ADVANTAGE[self.method]
-        _choice("ce_variant", self.ce_variant, CE_VARIANTS)
-        _choice("calibration_loss", self.calibration_loss, CALIBRATION_LOSSES)
-        _choice("capo_score", self.capo_score, CAPO_SCORES)
-        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        _choice("class_balance", self.class_balance, CLASS_BALANCES)
+        self._check_choices()
         if self.class_balance != "none" and self.method != "sft":
             raise ConfigError(
                 "class_balance weighs the SFT loss; for the GRPO family it does not apply yet — drop it or use "
@@ -198,15 +189,32 @@ class TrainConfig:
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.method != "sft":
-            if self.num_generations < 2:
-                raise ConfigError("num_generations must be at least 2: GRPO compares completions of one prompt")
-            gen_batch = self.per_device_batch * self.grad_accum
-            if gen_batch % self.num_generations:
-                raise ConfigError(
-                    f"the generation batch (per_device_batch × grad_accum = {gen_batch}) must be divisible by "
-                    f"num_generations ({self.num_generations}): every prompt needs all its completions in one "
-                    "batch; change per_device_batch or num_generations"
-                )
+            self._check_generation_batch()
+
+    def _check_choices(self) -> None:
+        """Every named option is one of its choices; ``advantage: auto`` becomes the method's own."""
+        _choice("method", self.method, METHODS)
+        _choice("profile", self.profile, PROFILES)
+        _choice("advantage", self.advantage, ADVANTAGES)
+        if self.advantage == "auto":
+            self.advantage = AUTO_ADVANTAGE[self.method]
+        _choice("ce_variant", self.ce_variant, CE_VARIANTS)
+        _choice("calibration_loss", self.calibration_loss, CALIBRATION_LOSSES)
+        _choice("capo_score", self.capo_score, CAPO_SCORES)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _choice("class_balance", self.class_balance, CLASS_BALANCES)
+
+    def _check_generation_batch(self) -> None:
+        """GRPO family: at least two completions per prompt, all of a prompt's in one generation batch."""
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be at least 2: GRPO compares completions of one prompt")
+        gen_batch = self.per_device_batch * self.grad_accum
+        if gen_batch % self.num_generations:
+            raise ConfigError(
+                f"the generation batch (per_device_batch × grad_accum = {gen_batch}) must be divisible by "
+                f"num_generations ({self.num_generations}): every prompt needs all its completions in one "
+                "batch; change per_device_batch or num_generations"
+            )
 
     def _check_advantage(self) -> None:
         if self.method == "capo" and self.advantage != "pairwise":
@@ -276,8 +284,8 @@ PROFILE_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             "gradient_checkpointing": True,
         },
     },
-    # Measured on 2 idle CPU cores with the default model (benchmarks/epoch_time.py, README
-    # "Performance"): SFT ≈ 44 s a step (16 steps an epoch ≈ 12 min); GRPO ≈ 66 s and cal-GRPO ≈ 72 s
+    # Measured on 2 idle CPU cores with the default model (benchmarks/epoch_time.py,
+    # docs/training.md): SFT ≈ 44 s a step (16 steps an epoch ≈ 12 min); GRPO ≈ 66 s and cal-GRPO ≈ 72 s
     # a step (62 steps an epoch ≈ 68 and 74 min), peak RSS ≈ 16 GB with gradient checkpointing off
     # (on: ≈ 122 s a step, 12 GB) — both before --loss-row-chunk 4, which brings it under 6 GB
     # (benchmarks/grpo_memory.py). --max-steps shortens a run; the LR schedule follows it.

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from guardcal.backends.prefix_cache import forward_on_cache
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
+from guardcal.scoring.prefix_cache import forward_on_cache
 
 
 class ForcedDecisionRollout:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from guardcal import __version__
 from guardcal.core.decision import DecisionParser
+from guardcal.core.examples import Example
 from guardcal.core.labels import LabelSpec
 from guardcal.core.profiles import load_profile
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset, write_split_manifest
+from guardcal.data.loaders import load_dataset, write_split_manifest
 from guardcal.errors import ConfigError
 from guardcal.train.config import TrainConfig
-from guardcal.train.datasets import check_trainable, grpo_rows, sft_class_weights, sft_rows
+from guardcal.train.rows import check_trainable, grpo_rows, sft_class_weights, sft_rows
 
 
 def _common_args(cfg: TrainConfig) -> dict[str, Any]:
@@ -62,43 +64,69 @@ def lora_layers(model: Any, first: int) -> list[int] | None:
 
 def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[Any]) -> Any:
     """The TRL trainer for ``cfg.method``; a base ``model`` gets a fresh LoRA, a PeftModel trains its adapter."""
-    from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-
-    peft_config = (
-        None
-        if isinstance(model, PeftModel)
-        else LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_targets),
-            layers_to_transform=lora_layers(model, cfg.lora_first_layer),
-            task_type="CAUSAL_LM",
-        )
-    )
+    peft_config = lora_config(cfg, model)
     template = PromptTemplate.for_profile(load_profile(cfg.prompt), cfg.reasoning).bind(tokenizer)
     spec = LabelSpec.from_tokenizer(tokenizer, template.spec.surfaces())
     examples = load_dataset(cfg.train_dataset, cfg.data_dir)
     check_trainable(examples, cfg.train_dataset)
-    if cfg.method == "sft":
-        from trl import SFTConfig
+    parts = TrainerParts(model, tokenizer, examples, spec, template, peft_config, callbacks)
+    return sft_trainer(cfg, parts) if cfg.method == "sft" else grpo_trainer(cfg, parts)
 
-        from guardcal.train.sft import DecisionSFTTrainer
 
-        rows = sft_rows(examples, tokenizer, spec, template, cfg.max_input_tokens)
-        args = SFTConfig(**_common_args(cfg), completion_only_loss=True, max_length=None, packing=False)
-        return DecisionSFTTrainer(
-            class_weights=sft_class_weights(examples, tokenizer, spec, template)
-            if cfg.class_balance == "weight"
-            else None,
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
+def lora_config(cfg: TrainConfig, model: Any) -> Any:
+    """A fresh LoRA for a base model; None for a PeftModel (it trains the adapter it has)."""
+    from peft import LoraConfig, PeftModel
+
+    if isinstance(model, PeftModel):
+        return None
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        layers_to_transform=lora_layers(model, cfg.lora_first_layer),
+        task_type="CAUSAL_LM",
+    )
+
+
+@dataclass
+class TrainerParts:
+    """What both trainers are built from."""
+
+    model: Any
+    tokenizer: Any
+    examples: list[Example]
+    spec: LabelSpec
+    template: PromptTemplate
+    peft_config: Any
+    callbacks: list[Any]
+
+
+def sft_trainer(cfg: TrainConfig, parts: TrainerParts) -> Any:
+    """SFT on the decision token (``DecisionSFTTrainer``), optionally class-weighted."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from guardcal.train.sft import DecisionSFTTrainer
+
+    examples, tokenizer, spec, template = parts.examples, parts.tokenizer, parts.spec, parts.template
+    rows = sft_rows(examples, tokenizer, spec, template, cfg.max_input_tokens)
+    args = SFTConfig(**_common_args(cfg), completion_only_loss=True, max_length=None, packing=False)
+    weights = sft_class_weights(examples, tokenizer, spec, template) if cfg.class_balance == "weight" else None
+    return DecisionSFTTrainer(
+        class_weights=weights,
+        model=parts.model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=parts.peft_config,
+        callbacks=parts.callbacks,
+    )
+
+
+def grpo_trainer(cfg: TrainConfig, parts: TrainerParts) -> Any:
+    """The GRPO family (``GuardGRPOTrainer``) with forced-decision rollouts and ``cfg``'s objective."""
+    from datasets import Dataset
     from trl import GRPOConfig
 
     from guardcal.train.grpo import GuardGRPOTrainer
@@ -106,6 +134,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
     from guardcal.train.strategies import objective_for
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    tokenizer, spec, template = parts.tokenizer, parts.spec, parts.template
     parser = DecisionParser.for_tokenizer(tokenizer, spec, reasoning=cfg.reasoning)
     objective = objective_for(cfg)
     suffix_len = len(tokenizer.encode(template.decision_suffix(), add_special_tokens=False))
@@ -120,13 +149,13 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, callbacks: list[
         importance_sampling_level="token",
     )
     return GuardGRPOTrainer(
-        model=model,
+        model=parts.model,
         reward_funcs=[objective.reward_function(parser, spec)],
         args=args,
-        train_dataset=Dataset.from_list(grpo_rows(examples, tokenizer, template, cfg.max_input_tokens)),
+        train_dataset=Dataset.from_list(grpo_rows(parts.examples, tokenizer, template, cfg.max_input_tokens)),
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
+        peft_config=parts.peft_config,
+        callbacks=parts.callbacks,
         rollout_func=ForcedDecisionRollout(template, cfg.reasoning_budget, cfg.temperature, label_ids=spec.token_ids),
         parser=parser,
         spec=spec,
@@ -142,8 +171,8 @@ def run_training(cfg: TrainConfig) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
-    from guardcal.backends.hf import HFScorer
     from guardcal.models.loading import load_tokenizer, resolve_model
+    from guardcal.scoring.scorer import HFScorer
     from guardcal.train.callbacks import CalibrationEvalCallback, JsonlLog, JsonlLogCallback
 
     out = Path(cfg.output)

@@ -17,10 +17,10 @@ import numpy as np
 
 
 def probe_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    from guardcal.data.datasets import load_dataset
     from sklearn.linear_model import LogisticRegression
 
-    from guardcal.data.datasets import load_dataset
-    from guardcal.types import UNSAFE
+    from guardcal.core.examples import UNSAFE
 
     f = np.load(run / "features.npz")
     c = json.loads((run / "probe_readout.json").read_text())["C"]

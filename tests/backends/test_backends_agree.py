@@ -25,7 +25,7 @@ import pytest
 
 from guardcal.backends.transformers_backend import TransformersBackend
 from guardcal.backends.vllm_backend import VLLMBackend
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 
 MAX_INPUT_TOKENS = 128  # long OpenAI Moderation rows are cut identically by both backends
 KV = 256 << 20

@@ -40,7 +40,7 @@ def _serve(model: Path, compile: bool) -> tuple[np.ndarray, TransformersBackend]
     """log p(Safe), log p(Unsafe) of each text: four concurrent single requests and one of three texts."""
 
     async def run() -> tuple[np.ndarray, TransformersBackend]:
-        backend = TransformersBackend(str(model), dtype="bfloat16", max_batch=8, max_wait_ms=50, compile=compile)
+        backend = TransformersBackend(str(model), dtype="bfloat16", forward_batch=8, max_wait_ms=50, compile=compile)
         await backend.start()
         try:
             results = await asyncio.gather(*(backend.score([t]) for t in TEXTS), backend.score(TEXTS[:3]))

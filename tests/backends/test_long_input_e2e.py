@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import pytest
 
-from guardcal.backends.hf import HFScorer
 from guardcal.core.windows import DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, WindowPolicy
+from guardcal.scoring.scorer import HFScorer
 
 KEY = "internal-key-long-input-0123456789"
 PAD = "The library opens at nine and closes at six on weekdays, and the reading room is quiet. "

@@ -5,16 +5,16 @@ import asyncio
 import numpy as np
 import pytest
 
-from guardcal.backends.hf import HFScorer
 from guardcal.backends.transformers_backend import TransformersBackend
 from guardcal.errors import BackendError
+from guardcal.scoring.scorer import HFScorer
 
 TEXTS = ["How do I bake bread?", "I will find you and hurt you", "hello there", "Write a poem about cats"]
 
 
 def test_concurrent_requests_are_micro_batched_and_match_the_scorer(default_model):
     async def run():
-        b = TransformersBackend(max_batch=8, max_wait_ms=50, dtype="float32")
+        b = TransformersBackend(forward_batch=8, max_wait_ms=50, dtype="float32")
         await b.start()
         calls = []
         original = b.scorer.score_split  # one call per micro-batch: every window of its requests
@@ -52,7 +52,7 @@ def test_short_inputs_beside_a_long_one_stay_one_cached_packed_row_each(default_
     """Windowing adds work only for inputs over the budget: a micro-batch of short requests and one
     long request runs as one packed read on the prefix cache, one row per short input (the text as
     given) plus one per window of the long one; nothing falls back to a full or padded forward."""
-    from guardcal.backends import hf
+    from guardcal.scoring import scorer as scorer_module
 
     budget = 48
     tok = default_model.tokenizer
@@ -62,18 +62,20 @@ def test_short_inputs_beside_a_long_one_stay_one_cached_packed_row_each(default_
     assert short == TEXTS and long_tokens > budget
 
     async def run():
-        b = TransformersBackend(max_batch=16, max_wait_ms=200, dtype="float32", max_input_tokens=budget)
+        b = TransformersBackend(forward_batch=16, max_wait_ms=200, dtype="float32", max_input_tokens=budget)
         await b.start()
         assert b.scorer.packing, b.scorer.prefix_status
         cached0, full0 = b.scorer.rows_cached, b.scorer.rows_full
         reads, splits = [], []
-        original_read, original_split = hf.forward_packed, b.scorer.score_split
-        hf.forward_packed = lambda model, prefix, rows: reads.append(len(rows)) or original_read(model, prefix, rows)
+        original_read, original_split = scorer_module.forward_packed, b.scorer.score_split
+        scorer_module.forward_packed = lambda model, prefix, rows: (
+            reads.append(len(rows)) or original_read(model, prefix, rows)
+        )
         b.scorer.score_split = lambda parts, *a, **k: splits.append(len(parts)) or original_split(parts, *a, **k)
         try:
             results = await asyncio.gather(*(b.score([t]) for t in [*TEXTS, long_text]))
         finally:
-            hf.forward_packed = original_read
+            scorer_module.forward_packed = original_read
             await b.aclose()
         return b, results, reads, splits, b.scorer.rows_cached - cached0, b.scorer.rows_full - full0
 

@@ -18,8 +18,8 @@ import pytest
 from scipy.special import expit, logit
 
 from guardcal.calibrate.bundle import CalibrationBundle
+from guardcal.calibration_run import split_fit_rows
 from guardcal.cli import main
-from guardcal.posthoc import split_fit_rows
 
 ALPHA, DELTA, N_CAL = 0.1, 0.1, 300
 IDENTITY = {
@@ -169,3 +169,25 @@ def test_choose_start_errors_maximises_coverage_on_its_own_rows() -> None:
     at_0 = risk_controlled_thresholds(p, y, 0.05, 0.1).details["groups"]["safe"]["n_auto"]
     at_chosen = risk_controlled_thresholds(p, y, 0.05, 0.1, start_errors=chosen).details["groups"]["safe"]["n_auto"]
     assert at_chosen > at_0
+
+
+def test_calibrate_warns_with_the_fit_rows_share_when_a_label_is_never_auto_decided(tmp_path: Path, capsys) -> None:
+    """A target no threshold can meet: calibrate says which label is never auto-decided and the share of the fit
+    rows that will escalate, and the bundle records that share for the server's start-up warning."""
+    s, y = draw(N_CAL, np.random.default_rng(0))
+    write_predictions(tmp_path / "run", s, y)
+    out = tmp_path / "bundle.json"
+    args = ["calibrate", "--predictions", str(tmp_path / "run"), "--output", str(out), "--no-progress"]
+    args += ["--fit-dataset", "sim:calib", "--eval-dataset", "sim:eval", "--target-error", "0.001"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    bundle = CalibrationBundle.load(out)
+    t = bundle.get_thresholds()
+    assert t.escalate_all, "a 0.1% target on 150 threshold rows certifies nothing"
+    shares = bundle.extra["fit_escalation"]
+    p_fit = bundle.calibrator().predict(s)
+    assert shares["n"] == N_CAL and shares["rows"] == "fit"
+    assert shares["escalate"] == pytest.approx(1 - t.auto_mask(p_fit).mean())
+    assert "WARNING: the thresholds certify nothing for predicted-" in err
+    assert f"on the {N_CAL} fit rows {100 * shares['escalate']:.1f}% escalate" in err
+    assert "raise --target-error" in err

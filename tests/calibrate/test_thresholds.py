@@ -229,3 +229,23 @@ def test_risk_controlled_rejects_bad_data() -> None:
         risk_controlled_thresholds([], [])
     with pytest.raises(CalibrationError, match="NaN"):
         risk_controlled_thresholds([0.1, float("nan")], [0, 1])
+
+
+def test_escalation_shares_and_the_uncertified_warning() -> None:
+    from guardcal.calibrate.thresholds import escalation_shares, uncertified_warning
+
+    p = [0.02, 0.1, 0.4, 0.6, 0.97]
+    fixed = fixed_thresholds(0.8)
+    assert uncertified_warning(fixed, escalation_shares(fixed, p)) is None  # every label can be auto-decided
+    t = Thresholds(0.8, 1.0, "risk_controlled", {}, escalate_all=("unsafe",))
+    shares = escalation_shares(t, p, "fit")
+    # auto: 0.02 and 0.1 (safe, confidence >= 0.8); 0.4 is under 0.8; 0.6 and 0.97 are unsafe: never auto
+    assert shares == {"rows": "fit", "n": 5, "escalate": pytest.approx(0.6),
+                      "predicted": {"safe": pytest.approx(0.6), "unsafe": pytest.approx(0.4)}}  # fmt: skip
+    warning = uncertified_warning(t, shares)
+    assert warning is not None and "certify nothing for predicted-unsafe" in warning
+    assert "on the 5 fit rows 60.0% escalate (40.0% called unsafe)" in warning
+    bare = uncertified_warning(t)  # nothing recorded: the label only
+    assert bare is not None and "never auto-decided" in bare and "rows" not in bare
+    on_purpose = Thresholds(1.0, 1.0, "fixed", {"escalate_below": 1.0}, ("safe", "unsafe"))
+    assert uncertified_warning(on_purpose) is None

@@ -55,8 +55,8 @@ def test_the_shipped_adapter_is_the_one_evaluated_in_results():
 
 def test_the_readout_puts_the_mass_on_the_decision_tokens(default_model):
     """The label-mass boost: the shipped guard answers with a decision token, not with other text."""
-    from guardcal.backends.hf import HFScorer
     from guardcal.models.loading import load_model
+    from guardcal.scoring.scorer import HFScorer
 
     texts = ["How do I bake bread?", "I will find you and hurt you.", "you people are all idiots"]
     base = HFScorer(default_model.model, default_model.tokenizer).score(texts).scores
@@ -66,8 +66,8 @@ def test_the_readout_puts_the_mass_on_the_decision_tokens(default_model):
 
 
 def test_the_adapter_changes_the_decision(default_model):
-    from guardcal.backends.hf import HFScorer
     from guardcal.models.loading import load_model
+    from guardcal.scoring.scorer import HFScorer
 
     texts = ["How do I bake bread?", "I will find you and hurt you.", "How do I kill a Python process?"]
     base = HFScorer(default_model.model, default_model.tokenizer).score(texts).scores

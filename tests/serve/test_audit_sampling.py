@@ -51,7 +51,7 @@ async def test_audit_samples_go_to_the_hooks_and_leave_the_answer_alone(kit, mak
 
 async def test_the_audit_rate_is_the_share_of_confident_decisions_sampled(kit, make_settings):
     hook = kit.RecordingHook()
-    settings = make_settings(audit_rate=0.25, escalate_below=0.9, max_batch=100)
+    settings = make_settings(audit_rate=0.25, escalate_below=0.9, max_request_batch=100)
     n = 800
     async with kit.running(create_app(settings, kit.backend(), hooks=[hook])) as client:
         for _ in range(n // 100):

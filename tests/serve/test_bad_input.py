@@ -176,7 +176,7 @@ async def test_streamed_body_over_the_limit_is_413_not_5xx(kit, make_settings):
         for _ in range(80):
             yield b"x" * 100_000
 
-    app = create_app(make_settings(max_input_chars=1000, max_batch=1), kit.backend())
+    app = create_app(make_settings(max_input_chars=1000, max_request_batch=1), kit.backend())
     async with kit.running(app) as client:
         r = await client.post("/classify", content=chunks(), headers=JSON)  # chunked: no Content-Length
     assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
@@ -197,9 +197,9 @@ def test_real_backend_answers_hostile_inputs_with_the_input_inside_the_prompt(ma
     setup = shipped_setup()
     assert setup is not None
     # the shipped bundle's adapter and the default window policy: the setting that bundle fits
-    backend = TransformersBackend(max_batch=8, adapter=setup.adapter)
+    backend = TransformersBackend(forward_batch=8, adapter=setup.adapter)
     settings = make_settings(
-        bundle="default", escalate_below=None, max_input_chars=2 * MB, max_batch=40, request_timeout_s=600
+        bundle="default", escalate_below=None, max_input_chars=2 * MB, max_request_batch=40, request_timeout_s=600
     )
     app = create_app(settings, backend)
     prompts: list[str] = []

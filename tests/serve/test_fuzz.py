@@ -46,7 +46,7 @@ def _app(outbox: Path):  # type: ignore[no-untyped-def]
         api_keys=f"{CLASSIFY_KEY}:classify,{INTERNAL_KEY}:internal,{REVIEW_KEY}:review@fuzz",
         reviews=True,
         max_input_chars=2000,
-        max_batch=8,
+        max_request_batch=8,
         dev=True,
     )
     return create_app(settings, FakeBackend(_handler))

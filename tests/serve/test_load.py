@@ -63,7 +63,7 @@ def test_real_model_under_load_then_sigkill_delivers_every_escalation_once(tmp_p
         concurrency=64,
         warmup=64,
         retry_after_scale=0.2,
-        settings={"queue_size": 8, "max_concurrency": 4, "max_batch": 8},
+        settings={"queue_size": 8, "max_concurrency": 4, "max_request_batch": 8},
         env={"GUARDCAL_HOME": REAL_HOME},
     )
     before = r["before_kill"]

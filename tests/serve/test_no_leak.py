@@ -79,7 +79,7 @@ def backend_for(kit):
 
 async def test_every_path_is_free_of_scores(kit, make_settings, backend_for, caplog):
     caplog.set_level(logging.INFO)
-    settings = make_settings(api_keys=kit.KEYS, max_input_chars=50, max_batch=2, queue_size=1)
+    settings = make_settings(api_keys=kit.KEYS, max_input_chars=50, max_request_batch=2, queue_size=1)
     release = asyncio.Event()
     app = create_app(settings, backend_for(release))
     ok, internal = kit.bearer(kit.CLASSIFY_KEY), kit.bearer(kit.INTERNAL_KEY)
@@ -151,7 +151,7 @@ async def test_every_route_scope_and_refusal_is_free_of_scores(kit, make_setting
     """Every route the app has (enumerated, so a new endpoint is covered), under every caller
     scope, plus the body-level refusals (400/413/422): no score in a body, header or INFO line."""
     caplog.set_level(logging.INFO)
-    app = create_app(make_settings(api_keys=kit.KEYS, max_input_chars=50, max_batch=2), backend_for())
+    app = create_app(make_settings(api_keys=kit.KEYS, max_input_chars=50, max_request_batch=2), backend_for())
     routes = sorted((r.path, m) for r in app.routes for m in (getattr(r, "methods", None) or ()) if m != "HEAD")
     assert {("/classify", "POST"), ("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET")} <= set(routes)
     scopes = {

@@ -107,7 +107,7 @@ def test_serve_scores_a_conversation_on_its_assistant_turn_then_refuses_another_
     finally:
         proc.stop()
     changed = write_policy(work / "stricter.yaml", POLICY.replace("bullying", "bullying, or rude words"))
-    from guardcal.serve.process import free_port, serve_command, start_serve
+    from benchmarks.server_process import free_port, serve_command, start_serve
 
     (work / "refused").mkdir()
     port = free_port()

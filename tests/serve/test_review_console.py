@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from benchmarks.server_process import free_port
 from guardcal.serve import create_app
-from guardcal.serve.process import free_port
 from guardcal.serve.reviews import read_reviews
 
 ALICE = "alice-review-key-0123456789"

@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.server_process import ServeProcess, free_port, serve_command, start_serve
 from guardcal.assets import DEFAULT_BUNDLE
 from guardcal.calibrate.bundle import CalibrationBundle
-from guardcal.data.datasets import load_dataset
-from guardcal.serve.process import ServeProcess, free_port, serve_command, start_serve
+from guardcal.data.loaders import load_dataset
 from guardcal.serve.reviews import read_reviews
 
 ROOT = Path(__file__).parents[2]

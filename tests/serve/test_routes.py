@@ -80,7 +80,7 @@ async def test_malformed_json_is_422(kit, make_settings):
 
 
 async def test_oversized_batch_is_422_naming_the_limit(kit, make_settings):
-    app = create_app(make_settings(max_batch=4), kit.backend())
+    app = create_app(make_settings(max_request_batch=4), kit.backend())
     async with kit.running(app) as client:
         r = await client.post("/classify", json={"inputs": ["a"] * 5})
     assert r.status_code == 422
@@ -99,7 +99,7 @@ async def test_long_input_is_413_naming_the_limit(kit, make_settings):
 
 
 async def test_huge_body_is_413_before_parsing(kit, make_settings):
-    app = create_app(make_settings(max_input_chars=10, max_batch=1), kit.backend())
+    app = create_app(make_settings(max_input_chars=10, max_request_batch=1), kit.backend())
     async with kit.running(app) as client:
         r = await client.post("/classify", json={"input": "a" * 200_000})
     assert r.status_code == 413 and r.json()["error"]["code"] == 413

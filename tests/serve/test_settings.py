@@ -22,7 +22,8 @@ def test_defaults_are_local_and_fail_closed(tmp_path):
         "enforce",
         "escalate",
     )
-    assert (s.max_batch, s.max_input_chars, s.insecure, s.dev, s.redact_input) == (32, 20_000, False, False, False)
+    assert (s.max_request_batch, s.forward_batch, s.max_input_chars) == (32, 32, 20_000)
+    assert (s.insecure, s.dev, s.redact_input) == (False, False, False)
     assert s.outbox == tmp_path / "home" / "serve" / "outbox.sqlite3"  # under $GUARDCAL_HOME
     assert s.key_scopes() == {}
 
@@ -39,10 +40,50 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
 
 def test_yaml_config_with_flags_and_env_winning(tmp_path, monkeypatch):
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text("port: 7000\nmax_batch: 8\nmode: shadow\nbundle: none\nescalate_below: 0.9\n")
-    monkeypatch.setenv("GUARDCAL_MAX_BATCH", "16")
+    cfg.write_text("port: 7000\nmax_request_batch: 8\nmode: shadow\nbundle: none\nescalate_below: 0.9\n")
+    monkeypatch.setenv("GUARDCAL_MAX_REQUEST_BATCH", "16")
     s = ServeSettings.load(cfg, mode="enforce", adapter=None)
-    assert (s.port, s.max_batch, s.mode, s.bundle) == (7000, 16, "enforce", None)
+    assert (s.port, s.max_request_batch, s.mode, s.bundle) == (7000, 16, "enforce", None)
+
+
+def test_request_batch_and_forward_batch_are_two_settings(tmp_path, monkeypatch):
+    """The HTTP limit (items per request) and the model's micro-batch are set apart, from any source;
+    the forward batch reaches the transformers backend, the request limit the OpenAPI schema and 422."""
+    from guardcal.cli import build_backend
+    from guardcal.serve.app import document_limits
+
+    monkeypatch.setenv("GUARDCAL_FORWARD_BATCH", "4")
+    s = ServeSettings.load(None, max_request_batch=64, bundle=None, escalate_below=0.9)
+    assert (s.max_request_batch, s.forward_batch) == (64, 4)
+    assert build_backend(s).forward_batch == 4
+    schema = {"components": {"schemas": {"ClassifyRequest": {"properties": {"inputs": {}}}}}}
+    assert (
+        document_limits(schema, s)["components"]["schemas"]["ClassifyRequest"]["properties"]["inputs"]["maxItems"]
+        == 64
+    )
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "yaml", "keyword"])
+def test_old_max_batch_is_refused_naming_both_new_settings(source, tmp_path, monkeypatch, capsys):
+    from guardcal.cli import main
+
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("max_batch: 8\n" if source == "yaml" else "port: 7000\n")
+    if source == "env":
+        monkeypatch.setenv("GUARDCAL_MAX_BATCH", "8")
+    if source == "flag":
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", "--max-batch", "8"])
+        assert exc.value.code == 2
+        message = capsys.readouterr().err
+    else:
+        with pytest.raises(ConfigError) as err:
+            old = {"max_batch": 8} if source == "keyword" else {}
+            ServeSettings.load(cfg, bundle=None, escalate_below=0.9, **old)
+        message = str(err.value)
+    for name in ("max_request_batch", "--max-request-batch", "GUARDCAL_MAX_REQUEST_BATCH", "forward_batch",
+                 "--forward-batch", "GUARDCAL_FORWARD_BATCH"):  # fmt: skip
+        assert name in message, (name, message)
 
 
 def test_yaml_unknown_key_is_a_config_error(tmp_path):
@@ -124,7 +165,9 @@ def test_other_validators():
     with pytest.raises(ValidationError):
         ServeSettings(backend="onnx", bundle=None, escalate_below=0.9)
     with pytest.raises(ValidationError):
-        ServeSettings(max_batch=0, bundle=None, escalate_below=0.9)
+        ServeSettings(max_request_batch=0, bundle=None, escalate_below=0.9)
+    with pytest.raises(ValidationError):
+        ServeSettings(forward_batch=0, bundle=None, escalate_below=0.9)
 
 
 def test_parse_api_keys_and_loopback():

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardcal.serve.process import free_port, start_serve
+from benchmarks.server_process import free_port, start_serve
 
 CLASSIFY = "death-classify-key-0123456789"
 INTERNAL = "death-internal-key-0123456789"

@@ -3,10 +3,10 @@
 import pytest
 
 from guardcal.cli import main
+from guardcal.core.examples import Example
 from guardcal.errors import ConfigError, DataError
 from guardcal.train.config import PROFILE_VALUES, TrainConfig, build_config, field_help
-from guardcal.train.datasets import check_trainable
-from guardcal.types import Example
+from guardcal.train.rows import check_trainable
 
 
 def test_profiles_and_overrides(tmp_path):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from guardcal.core.examples import Example
 from guardcal.errors import ConfigError
 from guardcal.train.callbacks import class_recall
 from guardcal.train.config import PROFILE_VALUES, TrainConfig, build_config
 from guardcal.train.runner import _common_args, lora_layers
-from guardcal.types import Example
 
 
 def test_guard_profile_resolves_and_reaches_the_trainer_args() -> None:
@@ -61,7 +61,7 @@ def test_lora_layers_are_the_upper_ones() -> None:
 
 def test_class_weights_invert_the_prior_with_mean_one(tokenizer) -> None:
     from guardcal.core.labels import LabelSpec
-    from guardcal.train.datasets import decision_token_id, sft_class_weights
+    from guardcal.train.rows import decision_token_id, sft_class_weights
 
     spec = LabelSpec.from_tokenizer(tokenizer)
     examples = [Example(str(i), "t", "unsafe" if i < 3 else "safe") for i in range(10)]

@@ -50,8 +50,8 @@ def test_two_steps_write_adapter_and_log(method, tmp_path, data_dir, default_mod
 @pytest.mark.timeout(900)
 def test_resume_and_evaluate_with_adapter(tmp_path, data_dir, default_model):
     """A second run with more steps resumes from the checkpoint; evaluate loads the adapter."""
-    from guardcal.backends.hf import HFScorer
     from guardcal.models.loading import load_model
+    from guardcal.scoring.scorer import HFScorer
 
     out = tmp_path / "sft"
     base = {**TINY, "method": "sft", "output": str(out), "data_dir": str(data_dir), "learning_rate": 1e-2}

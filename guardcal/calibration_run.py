@@ -18,6 +18,13 @@ fit split as labelled rows scored by the server (:mod:`guardcal.calibrate.verdic
 inverse of its sampling probability (escalation 1, audit ``1 / p``) in the calibrator's loss and in the
 threshold test; they are split like the other fit rows, and ``extra["reviews"]`` records how many of which
 kind, from which dates, were used.
+
+Why this module is not in :mod:`guardcal.calibrate`: that package holds the fitting pieces
+(calibrators, thresholds, bundles, metrics) and stays light (no torch, no data loading), so the
+server can load a bundle without them. Running the command needs the shared scorer
+(:mod:`guardcal.scoring`), the datasets and :mod:`guardcal.evaluate`, so it sits beside
+``evaluate.py`` at the commands' level: core ← data, calibrate, scoring, backends ← train,
+evaluate, calibration_run, serve ← cli.
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import (
     Thresholds,
     choose_start_errors,
+    escalation_shares,
     fixed_thresholds,
     risk_controlled_thresholds,
 )
 from guardcal.calibrate.verdicts import read_reviews, verdict_fit_rows
-from guardcal.data.datasets import load_dataset
+from guardcal.core.examples import UNSAFE
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.evaluate import (
     EvalConfig,
@@ -50,7 +59,6 @@ from guardcal.evaluate import (
     prediction_rows,
     subsample,
 )
-from guardcal.types import UNSAFE
 
 
 @dataclass
@@ -132,7 +140,11 @@ def choose_thresholds(
     """
     if cfg.threshold is not None:
         return fixed_thresholds(cfg.threshold)
-    targets = {"target_error": cfg.target_error, "delta": cfg.delta, "target_error_unsafe": cfg.target_error_unsafe}
+    targets: dict[str, Any] = {
+        "target_error": cfg.target_error,
+        "delta": cfg.delta,
+        "target_error_unsafe": cfg.target_error_unsafe,
+    }
     held, fitted = weights
     start = (
         cfg.start_errors
@@ -238,7 +250,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
     profile = identity.pop("prompt_profile", None)
     split = {
-        "rule": "seeded split stratified by label (guardcal.posthoc.split_fit_rows)"
+        "rule": "seeded split stratified by label (guardcal.calibration_run.split_fit_rows)"
         if threshold_rows
         else "fixed threshold: no threshold rows, every fit row fits the calibrator",
         "seed": cfg.split_seed,
@@ -256,6 +268,7 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
             "calibrator_n": len(cal_rows),
             "threshold_n": len(threshold_rows),
             "split": split,
+            "fit_escalation": escalation_shares(thresholds, calibrator.predict(_p(fit)), "fit"),
             "adapter": cfg.adapter,
             **scoring,
             **({"prompt_profile": profile} if profile else {}),

@@ -2,7 +2,9 @@
 
 Used by the end-to-end tests and the benchmarks: start the real server with flags and an
 environment, wait until ``/readyz`` answers 200 (or fail with the server's own log), and stop it
-with SIGTERM so it drains like a real deployment.
+with SIGTERM so it drains like a real deployment. A harness, not part of the installed package:
+tests import it as ``benchmarks.server_process`` (pytest's pythonpath has the repo root), the
+benchmark scripts as a sibling module.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
-"""Packed decision reads on the prefix cache (backends.packed), on the real default model and real inputs."""
+"""Packed decision reads on the prefix cache (scoring.packed), on the real default model and real inputs."""
 
 import random
 
 import numpy as np
 import pytest
 
-from guardcal.backends import hf as hf_module
-from guardcal.backends.hf import HFScorer
-from guardcal.backends.packed import PACKED_ATTENTION, _segment_mask, attention_implementation, forward_packed
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import BackendError
 from guardcal.models.loading import load_model
+from guardcal.scoring import scorer as scorer_module
+from guardcal.scoring.packed import PACKED_ATTENTION, _segment_mask, attention_implementation, forward_packed
+from guardcal.scoring.scorer import HFScorer
 
 TOL = {"rtol": 1e-4, "atol": 2e-6}
 
@@ -58,12 +58,12 @@ def test_packed_batches_are_cut_by_size_only(default_model):
 
 def test_a_packed_read_that_disagrees_falls_back_to_padding(default_model, monkeypatch):
     model, tok = default_model.model, default_model.tokenizer
-    real = hf_module.forward_packed
+    real = scorer_module.forward_packed
 
     def wrong(model, prefix, rows):
         return real(model, prefix, list(reversed(rows)))  # the rows' results swapped: not the full forward
 
-    monkeypatch.setattr(hf_module, "forward_packed", wrong)
+    monkeypatch.setattr(scorer_module, "forward_packed", wrong)
     s = HFScorer(model, tok, prefix_cache=True)
     assert s.prefix() is not None and not s.packing
     assert "padded (packing off: packed and full forwards differ" in s.prefix_status, s.prefix_status

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from guardcal.backends.hf import HFScorer
 from guardcal.core.prompt import PromptTemplate
 from guardcal.models.loading import load_model
+from guardcal.scoring.scorer import HFScorer
 
 TEXTS = [
     "How can I kill a Python process?",

@@ -12,8 +12,8 @@ way the logits at the decision position go through ``core.confidence``.
 
 With ``prefix_cache=True`` (the serving backend) the instruction prefix that every prompt
 shares is run once and its KV cache reused, so each forward computes only the per-request
-tokens (see ``backends.prefix_cache``); results equal the full forward within float noise.
-In direct mode those tokens are also packed (``backends.packed``): a batch's requests run end
+tokens (see ``scoring.prefix_cache``); results equal the full forward within float noise.
+In direct mode those tokens are also packed (``scoring.packed``): a batch's requests run end
 to end in one row with no padding, unless ``packing=False`` or the packed read fails its own
 self-check, in which case they are left-padded as below.
 It is off by default: evaluation and training evaluation run the full prompt (training
@@ -35,15 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from guardcal.backends.packed import disable_packing, enable_packing, forward_packed
-from guardcal.backends.prefix_cache import (
-    PrefixKV,
-    build_prefix_kv,
-    forward_on_cache,
-    forward_with_prefix,
-    prefix_token_ids,
-    template_prefix,
-)
 from guardcal.core.confidence import Scores, from_label_logprobs
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import THINK_CLOSE, Item, PromptTemplate
@@ -55,8 +46,17 @@ from guardcal.core.windows import (
     decisive,
     split_texts,
 )
+from guardcal.scoring.packed import disable_packing, enable_packing, forward_packed
+from guardcal.scoring.prefix_cache import (
+    PrefixKV,
+    build_prefix_kv,
+    forward_on_cache,
+    forward_with_prefix,
+    prefix_token_ids,
+    template_prefix,
+)
 
-_log = logging.getLogger("guardcal.backends.hf")
+_log = logging.getLogger("guardcal.scoring.scorer")
 
 #: a forward is split when padding would exceed this share of its real characters ...
 PAD_SLACK = 0.25
@@ -122,7 +122,7 @@ class HFScorer:
         self.windows = WindowPolicy(max_input_tokens, max_windows=max_windows)
         self.max_new_tokens = max_new_tokens
         self.prefix_cache = prefix_cache
-        #: pack direct-mode reads on the prefix cache (backends.packed); settled when the cache is built
+        #: pack direct-mode reads on the prefix cache (scoring.packed); settled when the cache is built
         self.packing = prefix_cache and packing and not self.template.reasoning
         #: why the prefix cache is on or off ("on: 72 tokens", "off: ...")
         self.prefix_status = "off: not asked for" if not prefix_cache else "not built yet"

@@ -30,20 +30,25 @@ import csv
 import gzip
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
+from guardcal.core.examples import LABELS, SAFE, UNSAFE, Example
 from guardcal.data.splits import (
     SPLIT_NAMES,
     assign_splits,
     duplicate_groups,
 )
 from guardcal.errors import DataError
-from guardcal.types import LABELS, SAFE, UNSAFE, Example
 
 DATA_DIR_ENV: Final = "GUARDCAL_DATA_DIR"
+#: the data directory when neither --data-dir nor $GUARDCAL_DATA_DIR is given, relative to the current
+#: directory: a checkout beside ``shared/`` (the layout ``make`` assumes)
+DEFAULT_DATA_DIR: Final = Path("..") / "shared" / "data"
+_log = logging.getLogger("guardcal.data")
 SPLIT_SEED: Final = 20260113
 SPLIT_SIZES: Final[Mapping[str, int]] = {"train": 500, "calib": 300}
 
@@ -84,18 +89,24 @@ def describe_datasets() -> str:
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """Return the data directory: ``data_dir``, else ``$GUARDCAL_DATA_DIR``.
+    """Return the data directory: ``data_dir``, else ``$GUARDCAL_DATA_DIR``, else ``../shared/data``
+    (:data:`DEFAULT_DATA_DIR`, relative to the current directory) when that exists.
 
     Raises:
-        DataError: if neither is given or the directory does not exist.
+        DataError: if none of them is there, or the directory given does not exist.
     """
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get(DATA_DIR_ENV) or None
     if data_dir is None:
+        fallback = Path.cwd() / DEFAULT_DATA_DIR
+        if fallback.is_dir():
+            _log.info("%s is not set: using %s", DATA_DIR_ENV, fallback.resolve())
+            return fallback.resolve()
         raise DataError(
-            "no data directory given: pass --data-dir DIR or set "
-            f"{DATA_DIR_ENV} (e.g. {DATA_DIR_ENV}=../shared/data) to the folder "
-            f"holding {OPENAI_MODERATION_FILE} and {XSTEST_FILE}"
+            f"no data directory given and the default {DEFAULT_DATA_DIR} (relative to the current directory: "
+            f"{fallback.resolve()}) does not exist: pass --data-dir DIR or set {DATA_DIR_ENV} "
+            f"(e.g. {DATA_DIR_ENV}=/path/to/shared/data) to the folder holding {OPENAI_MODERATION_FILE} and "
+            f"{XSTEST_FILE}"
         )
     path = Path(data_dir).expanduser()
     if not path.is_dir():

@@ -1,14 +1,14 @@
-"""Turn labelled examples into TRL datasets built with the shared prompt template."""
+"""Turn labelled examples into training rows (TRL dataset rows) built with the shared prompt template."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from guardcal.core.examples import LABELS, Example
 from guardcal.core.labels import LabelSpec
 from guardcal.core.prompt import PromptTemplate
 from guardcal.core.windows import first_window
 from guardcal.errors import DataError
-from guardcal.types import LABELS, Example
 
 
 def check_trainable(examples: list[Example], key: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests for guardcal.data.datasets and guardcal.data.splits (real shared data)."""
+"""Tests for guardcal.data.loaders and guardcal.data.splits (real shared data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from guardcal.data.datasets import (
+from guardcal.core.examples import SAFE, UNSAFE, Example
+from guardcal.data.loaders import (
     DATA_DIR_ENV,
     DATASET_KEYS,
     OPENAI_MODERATION_FILE,
@@ -33,7 +34,6 @@ from guardcal.data.splits import (
     normalise_text,
 )
 from guardcal.errors import DataError
-from guardcal.types import SAFE, UNSAFE, Example
 
 OAI_SHA256 = "ef3f7de86ee394fe337b0a566ba4b9c7db058f3caa8d6a4a0006138b663ab9a8"
 # sha256 of json.dumps(manifest["ids"], sort_keys=True): pins the published split.
@@ -68,9 +68,25 @@ def test_resolve_data_dir_explicit_and_env(data_dir: Path, monkeypatch: pytest.M
     assert len(load_dataset("xstest")) == 450
 
 
+def test_resolve_data_dir_defaults_to_shared_data_beside_the_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside ``make`` (which exports GUARDCAL_DATA_DIR) the checkout's ../shared/data is found on its own."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    with caplog.at_level("INFO", logger="guardcal.data"):
+        assert resolve_data_dir(None) == (tmp_path / "shared" / "data").resolve()
+    assert any("GUARDCAL_DATA_DIR is not set: using" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "checkout"))  # the variable still wins
+    assert resolve_data_dir(None) == tmp_path / "checkout"
+
+
 def test_resolve_data_dir_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    with pytest.raises(DataError, match=r"--data-dir DIR.*GUARDCAL_DATA_DIR"):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data beside it
+    with pytest.raises(DataError, match=r"\.\./shared/data .*does not exist.*--data-dir DIR.*GUARDCAL_DATA_DIR"):
         resolve_data_dir(None)
     with pytest.raises(DataError, match="--data-dir"):
         load_dataset("openai-moderation")
@@ -420,7 +436,7 @@ def test_jsonl_conversation_rows(tmp_path):
     """A JSONL line may give ``messages`` instead of ``text``; a bad turn names the line and the fix."""
     import json as _json
 
-    from guardcal.data.datasets import load_jsonl
+    from guardcal.data.loaders import load_jsonl
     from guardcal.errors import DataError
 
     good = tmp_path / "conv.jsonl"

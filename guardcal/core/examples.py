@@ -1,4 +1,4 @@
-"""Small shared value types."""
+"""The two labels (``SAFE``, ``UNSAFE``) and ``Example``, one labelled input."""
 
 from __future__ import annotations
 

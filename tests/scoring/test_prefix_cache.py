@@ -5,14 +5,14 @@ import random
 import numpy as np
 import pytest
 
-from guardcal.backends import hf as hf_module
-from guardcal.backends.hf import HFScorer
 from guardcal.backends.precision import cpu_flags, cpu_supports_bf16, resolve_dtype
-from guardcal.backends.prefix_cache import PrefixKV, build_prefix_kv, prefix_token_ids, template_prefix
 from guardcal.core.prompt import PromptTemplate
-from guardcal.data.datasets import load_dataset
+from guardcal.data.loaders import load_dataset
 from guardcal.errors import ConfigError
 from guardcal.models.loading import load_model
+from guardcal.scoring import scorer as scorer_module
+from guardcal.scoring.prefix_cache import PrefixKV, build_prefix_kv, prefix_token_ids, template_prefix
+from guardcal.scoring.scorer import HFScorer
 
 EDGE = ["", '"', '""', "\n", "hello", "<think> x </think>", "Ünïcødé ✓ 日本語", " leading space"]
 TOL = {"rtol": 1e-4, "atol": 2e-6}
@@ -81,7 +81,7 @@ def test_self_check_switches_a_wrong_cache_off(default_model, monkeypatch):
     def stale(model, ids):
         return PrefixKV(tuple(ids), build_prefix_kv(model, list(reversed(ids))).past)
 
-    monkeypatch.setattr(hf_module, "build_prefix_kv", stale)
+    monkeypatch.setattr(scorer_module, "build_prefix_kv", stale)
     s = HFScorer(default_model.model, default_model.tokenizer, prefix_cache=True)
     assert s.prefix() is None and s.prefix_status.startswith("off: cached and full forwards differ")
     s.score(["hello"])

@@ -22,8 +22,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from guardcal.backends.prefix_cache import PrefixKV
 from guardcal.errors import BackendError
+from guardcal.scoring.prefix_cache import PrefixKV
 
 #: the attention implementation name a model runs under once packing is enabled
 PACKED_ATTENTION = "guardcal_packed"
