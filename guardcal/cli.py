@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import typing
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,24 @@ class CalibrateCommand(Command):
         return 0
 
 
+def _literal_choices(annotation: Any) -> list[str] | None:
+    """The allowed values of a ``Literal[...]`` setting (argparse then refuses others and --help lists them)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return None
+
+
+def _field_help(info: Any) -> str:
+    """A setting's description with its default (argparse's %(default)s would show None: flags default to unset,
+    so that the environment and the YAML file can fill them)."""
+    text = str(info.description or "")
+    default = info.get_default(call_default_factory=False)
+    if default is None or "default" in text or type(default).__name__ == "PydanticUndefinedType":
+        return text
+    shown = ("on" if default else "off") if isinstance(default, bool) else str(default)
+    return f"{text} (default: {shown})"
+
+
 class ServeCommand(Command):
     name = "serve"
     help = "serve the calibrated guard model over HTTP: POST /classify, /healthz, /readyz, /metrics"
@@ -281,9 +300,11 @@ class ServeCommand(Command):
             if name in SECRET_FIELDS:  # refused with the fix, and kept out of --help
                 parser.add_argument(flag, dest=f"refused_{name}", action=RefuseSecretFlag, help=argparse.SUPPRESS)
             elif info.annotation is bool:
-                parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=info.description)
+                parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=_field_help(info))
             else:
-                parser.add_argument(flag, dest=name, help=info.description)
+                choices = _literal_choices(info.annotation)
+                parser.add_argument(flag, dest=name, help=_field_help(info), choices=choices,
+                                    metavar="{" + ",".join(choices) + "}" if choices else None)  # fmt: skip
         # the old --max-batch meant two settings: refused, naming both (kept out of --help)
         parser.add_argument("--max-batch", dest="removed_max_batch", action=RefuseFlag, message=MAX_BATCH_SPLIT,
                             help=argparse.SUPPRESS)  # fmt: skip

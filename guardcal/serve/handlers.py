@@ -74,6 +74,17 @@ def _unreadable_body(cause: BaseException | None) -> str:
     return f"request body could not be parsed as JSON ({name}); {_EXAMPLE}"
 
 
+def _missing_json_type(request: Request) -> str | None:
+    """Name a body sent without ``Content-Type: application/json`` (FastAPI then does not parse it as JSON)."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    sent = f"Content-Type {media!r}" if media else "no Content-Type header"
+    return f"request body was sent with {sent}, so it was not read as JSON; {_EXAMPLE}"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -112,7 +123,7 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return answer(422, _validation_message(exc))
+        return answer(422, _missing_json_type(request) or _validation_message(exc))
 
     async def on_overloaded(request: Request, exc: Exception) -> JSONResponse:
         return answer(429, str(exc), {"Retry-After": str(RETRY_AFTER_BUSY_S)})

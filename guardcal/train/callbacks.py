@@ -67,7 +67,8 @@ def class_recall(y_unsafe: Any, pred_unsafe: Any) -> dict[str, float | None]:
 
 
 class CalibrationEvalCallback(TrainerCallback):
-    """Every ``eval_steps`` steps (and at the end): accuracy, ECE, Brier on a validation slice."""
+    """Every ``eval_steps`` steps (and, through :meth:`finish`, once the adapter is saved): accuracy, ECE, Brier
+    and per-class recall on a validation slice."""
 
     def __init__(self, log: JsonlLog, scorer_factory: Any, examples: list[Example], eval_steps: int) -> None:
         self.log = log
@@ -99,6 +100,8 @@ class CalibrationEvalCallback(TrainerCallback):
         if self.examples and self.eval_steps > 0 and state.global_step % self.eval_steps == 0:
             self.evaluate(model, state.global_step)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        if state.is_world_process_zero and self.examples and self.last_step != state.global_step:
-            self.evaluate(model, state.global_step)
+    def finish(self, model: Any, step: int) -> None:
+        """The final validation, run by the caller after the adapter is saved: a run interrupted here still
+        leaves its adapter (not only its last checkpoint)."""
+        if self.examples and self.last_step != step:
+            self.evaluate(model, step)

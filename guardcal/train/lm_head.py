@@ -15,7 +15,7 @@ trained). guardcal's shipped guard carries one (the probe readout, ``scripts/pro
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -31,17 +31,23 @@ def _inner_and_head(model: Any) -> tuple[Any, Any]:
 
 
 @contextmanager
-def bare_head_for_trl(model: Any) -> Iterator[None]:
-    """Show TRL's ``__init__`` the bare LM head while it runs, then put the adapted one back."""
+def _head_replaced(model: Any, replacement: Any) -> Iterator[None]:
+    """While inside, a head-LoRA model's output head is ``replacement(head)``; the adapted head is put back on
+    exit, whatever happens (a no-op for a model without a head LoRA)."""
     inner, head = _inner_and_head(model)
     if head is None:
         yield
         return
-    inner.set_output_embeddings(head.base_layer)
+    inner.set_output_embeddings(replacement(head))
     try:
         yield
     finally:
         inner.set_output_embeddings(head)
+
+
+def bare_head_for_trl(model: Any) -> AbstractContextManager[None]:
+    """Show TRL's ``__init__`` the bare LM head while it runs, then put the adapted one back."""
+    return _head_replaced(model, lambda head: head.base_layer)
 
 
 class MergedHead(torch.nn.Module):
@@ -65,15 +71,6 @@ def merged_weight(head: Any) -> torch.Tensor:
     return weight
 
 
-@contextmanager
-def merged_lora_head(model: Any) -> Iterator[None]:
+def merged_lora_head(model: Any) -> AbstractContextManager[None]:
     """While inside, the model's output head is a :class:`MergedHead` (no-op without a head LoRA)."""
-    inner, head = _inner_and_head(model)
-    if head is None:
-        yield
-        return
-    inner.set_output_embeddings(MergedHead(merged_weight(head), head.base_layer.bias))
-    try:
-        yield
-    finally:
-        inner.set_output_embeddings(head)
+    return _head_replaced(model, lambda head: MergedHead(merged_weight(head), head.base_layer.bias))

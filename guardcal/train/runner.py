@@ -204,8 +204,8 @@ def run_training(cfg: TrainConfig) -> Path:
             max_new_tokens=cfg.reasoning_budget,
         )
 
-    callbacks = [JsonlLogCallback(log), CalibrationEvalCallback(log, factory, eval_examples, cfg.eval_steps)]
-    trainer = build_trainer(cfg, model, tokenizer, callbacks)
+    validation = CalibrationEvalCallback(log, factory, eval_examples, cfg.eval_steps)
+    trainer = build_trainer(cfg, model, tokenizer, [JsonlLogCallback(log), validation])
     resume = latest_checkpoint(out)
     if resume is not None:
         log.drop_after(int(Path(resume).name.split("-")[-1]))
@@ -215,6 +215,8 @@ def run_training(cfg: TrainConfig) -> Path:
     (out / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing guardcal loads needs it
     canonical_adapter_config(out)
     drop_base_weight_copies(out)
+    if trainer.is_world_process_zero():
+        validation.finish(trainer.model, trainer.state.global_step)
     summary = {
         "method": cfg.method,
         "seconds": round(time.time() - started, 1),

@@ -157,6 +157,19 @@ async def test_bad_requests_get_a_4xx_naming_the_problem(kit, recording_app, nam
     assert seen == []  # nothing reached the model
 
 
+@pytest.mark.parametrize(("content_type", "named"), [(None, "no Content-Type header"), ("text/plain", "'text/plain'")])
+async def test_a_json_body_without_the_json_content_type_is_told_so(kit, recording_app, content_type, named):
+    """curl -d without -H 'content-type: application/json' sends a form type: say that, not 'not a JSON object'."""
+    app, seen = recording_app
+    headers = {**kit.bearer(kit.CLASSIFY_KEY), **({"content-type": content_type} if content_type else {})}
+    async with kit.running(app) as client:
+        r = await client.post("/classify", content=b'{"input": "hello"}', headers=headers)
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert named in message and "Content-Type: application/json" in message, message
+    assert seen == []
+
+
 async def test_hostile_inputs_get_normal_verdicts_and_reach_the_model_unchanged(kit, recording_app):
     app, seen = recording_app
     names = sorted(ANSWERED)

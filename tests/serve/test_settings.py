@@ -86,6 +86,22 @@ def test_old_max_batch_is_refused_naming_both_new_settings(source, tmp_path, mon
         assert name in message, (name, message)
 
 
+def test_serve_help_lists_allowed_values_and_defaults(capsys):
+    """A newcomer reads the choices and defaults of --backend, --mode, --fail-action from --help alone."""
+    from guardcal.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("--backend {transformers,vllm}", "--mode {enforce,shadow}", "--fail-action {escalate,block}",
+                     "(default: transformers)", "(default: enforce)", "(default: escalate)", "(default: 127.0.0.1)",
+                     "(default: 32)"):  # fmt: skip
+        assert fragment in text, fragment
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--fail-action", "allow"])
+    assert exc.value.code == 2 and "invalid choice: 'allow'" in capsys.readouterr().err
+
+
 def test_yaml_unknown_key_is_a_config_error(tmp_path):
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("prot: 7000\n")

@@ -47,6 +47,26 @@ def test_two_steps_write_adapter_and_log(method, tmp_path, data_dir, default_mod
     assert summary["global_step"] == 2
 
 
+@pytest.mark.timeout(600)
+def test_final_validation_runs_after_the_adapter_is_saved(tmp_path, data_dir, default_model, monkeypatch):
+    """A run interrupted during its final validation must still leave its adapter, not only checkpoint-N."""
+    from guardcal.train.callbacks import CalibrationEvalCallback
+
+    out = tmp_path / "sft"
+    seen: list[tuple[int, bool]] = []
+    evaluate = CalibrationEvalCallback.evaluate
+
+    def recording(self, model, step):
+        seen.append((step, (out / "adapter_model.safetensors").is_file()))
+        return evaluate(self, model, step)
+
+    monkeypatch.setattr(CalibrationEvalCallback, "evaluate", recording)
+    cfg = {**TINY, "method": "sft", "max_steps": 1, "eval_steps": 5, "output": str(out), "data_dir": str(data_dir)}
+    run_training(build_config(cfg))
+    assert seen == [(1, True)]
+    assert [r["step"] for r in _log(out) if "eval/ece" in r] == [1]
+
+
 @pytest.mark.timeout(900)
 def test_resume_and_evaluate_with_adapter(tmp_path, data_dir, default_model):
     """A second run with more steps resumes from the checkpoint; evaluate loads the adapter."""
