@@ -14,9 +14,32 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 #: the operators that are matrix multiplies (the rest is what the compute ceiling counts as free)
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
+
+
+def _profile(scorer: Any, texts: list[str], batch_size: int, batches: int) -> Any:
+    """torch.profiler's operator averages over ``batches`` batches of ``texts``, after one batch of warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    scorer.score(texts[:batch_size])  # warm-up and the prefix cache, not profiled
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(1, batches + 1):
+            scorer.score(texts[i * batch_size : (i + 1) * batch_size])
+    return prof.key_averages()
+
+
+def _op_table(events: Any) -> tuple[float, list[dict[str, Any]]]:
+    """The total self CPU time (microseconds) and each operator's seconds, share and calls, largest first."""
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [(e.key, e.self_cpu_time_total, e.count) for e in events]
+    ops = [
+        {"op": key, "self_cpu_s": t / 1e6, "share": t / total, "calls": calls}
+        for key, t, calls in sorted(rows, key=lambda r: -r[1])
+    ]
+    return total, ops
 
 
 def main() -> int:
@@ -27,7 +50,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     try:
         from .serve_bench import load_inputs
@@ -42,17 +64,8 @@ def main() -> int:
     loaded = load_model("default", dtype=dtype)
     scorer = HFScorer(loaded.model, loaded.tokenizer, prefix_cache=True, batch_size=args.batch_size)
     texts = load_inputs(args.batch_size * (args.batches + 1))
-    scorer.score(texts[: args.batch_size])  # warm-up and the prefix cache, not profiled
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for i in range(1, args.batches + 1):
-            scorer.score(texts[i * args.batch_size : (i + 1) * args.batch_size])
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    rows = [(e.key, e.self_cpu_time_total, e.count) for e in events]
-    ops = [
-        {"op": key, "self_cpu_s": t / 1e6, "share": t / total, "calls": calls}
-        for key, t, calls in sorted(rows, key=lambda r: -r[1])
-    ]
+    events = _profile(scorer, texts, args.batch_size, args.batches)
+    total, ops = _op_table(events)
     result = {
         "dtype": dtype,
         "torch_threads": torch.get_num_threads(),

@@ -53,33 +53,29 @@ def _scorers(texts: list[str]) -> dict[str, Any]:
     return scorers
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--forwards", type=int, default=6, help="timed forwards of 16 inputs per round")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds, variants interleaved")
-    args = parser.parse_args()
-
+def _time_rounds(
+    scorers: dict[str, Any], timed: list[str], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Each variant's req/s per round over ``timed`` (``BATCH`` a forward, variants interleaved), and its
+    P(unsafe) per input from the last round."""
     import numpy as np
-    import torch
 
-    try:
-        from .serve_bench import load_inputs, machine_info
-    except ImportError:  # run as a script
-        from serve_bench import load_inputs, machine_info  # type: ignore[no-redef]
-
-    texts = load_inputs(BATCH * (args.forwards + 1))
-    scorers = _scorers(texts)
-    timed = texts[BATCH:]
     rps: dict[str, list[float]] = {name: [] for name in scorers}
     p_unsafe: dict[str, Any] = {}
-    for round_ in range(args.repeats):
+    for round_ in range(repeats):
         for name, scorer in scorers.items():
             started = time.perf_counter()
             parts = [scorer.score(timed[i : i + BATCH]).scores.p_unsafe for i in range(0, len(timed), BATCH)]
             rps[name].append(len(timed) / (time.perf_counter() - started))
             p_unsafe[name] = np.concatenate(parts)
             print(f"round {round_ + 1} {name}: {rps[name][-1]:.2f} req/s", flush=True)
+    return rps, p_unsafe
+
+
+def _compare(scorers: dict[str, Any], rps: dict[str, list[float]], p_unsafe: dict[str, Any]) -> dict[str, Any]:
+    """Each variant against ``served``: req/s ratios per round, P(unsafe) changes, label flips, prefix cache."""
+    import numpy as np
+
     ref = p_unsafe["served"]
     variants = {}
     for name, scorer in scorers.items():
@@ -93,6 +89,28 @@ def main() -> int:
             "prefix_cache": scorer.prefix_status,
         }
         print(f"{name}: {json.dumps(variants[name])}", flush=True)
+    return variants
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--forwards", type=int, default=6, help="timed forwards of 16 inputs per round")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds, variants interleaved")
+    args = parser.parse_args()
+
+    import torch
+
+    try:
+        from .serve_bench import load_inputs, machine_info
+    except ImportError:  # run as a script
+        from serve_bench import load_inputs, machine_info  # type: ignore[no-redef]
+
+    texts = load_inputs(BATCH * (args.forwards + 1))
+    scorers = _scorers(texts)
+    timed = texts[BATCH:]
+    rps, p_unsafe = _time_rounds(scorers, timed, args.repeats)
+    variants = _compare(scorers, rps, p_unsafe)
     result = {
         "machine": machine_info(),
         "served_dtype": str(next(scorers["served"].model.parameters()).dtype).removeprefix("torch."),

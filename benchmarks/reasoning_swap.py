@@ -60,30 +60,9 @@ except ImportError:  # run as a script: python benchmarks/NAME.py
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_rollout_arguments(parser, n_queries=128)
-    parser.add_argument(
-        "--donor-rollouts",
-        type=int,
-        default=4,
-        help="rollouts per query drawn for the donor pool (the first is the query's own)",
-    )
-    parser.add_argument(
-        "--donor-adapter",
-        help="draw the donor pool from this adapter on --model instead ('none': the bare model); "
-        "default: the model under test",
-    )
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--combine", nargs="+", type=Path, help="JSON files of earlier runs: write table3.md/png")
-    parser.add_argument("--output", type=Path, required=True, help="JSON file (a run) or folder (--combine)")
-    args = parser.parse_args()
+    args = _parse_args()
     if args.combine:
-        runs = {path.stem: json.loads(path.read_text()) for path in args.combine}
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "table3.md").write_text(markdown(runs))
-        plot(runs, args.output / "table3.png")
-        print(markdown(runs))
+        _combine(args.combine, args.output)
         return
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -93,17 +72,10 @@ def main() -> None:
     spec = LabelSpec.from_tokenizer(tok)
     rollout = ForcedDecisionRollout(template, args.budget, temperature=1.0, label_ids=spec.token_ids)
     suffix = tok.encode(template.decision_suffix(), add_special_tokens=False)
-    queries = subsample(load_dataset(args.dataset, args.data_dir), args.n_queries, seed=args.seed)
-
-    texts = [tok.decode(tok.encode(ex.text, add_special_tokens=False)[: args.max_input_tokens]) for ex in queries]
-    rendered = [template.render(text) for text in texts]
-    prompts = [tok.encode(p, add_special_tokens=False) for p in rendered]  # as the rollout encodes them
+    queries, rendered, prompts = _queries(args, tok, template)
     k = max(1, args.donor_rollouts)
     owner = np.repeat(np.arange(len(prompts)), k)  # rollout r belongs to query owner[r]
-    donor_model = model
-    if args.donor_adapter is not None:
-        adapter = None if args.donor_adapter.lower() == "none" else args.donor_adapter
-        donor_model = load_model(args.model, adapter).model.eval()
+    donor_model = _donor_model(args, model)
     reasonings, pool = _rollouts(
         rollout, donor_model, tok, spec, [rendered[i] for i in owner], args.batch, "donor pool"
     )
@@ -125,27 +97,91 @@ def main() -> None:
         "donor_rollouts_per_query": k,
         "donor_adapter": args.donor_adapter,
         "donor_pool_share_unsafe": float(np.mean(pool_labels == UNSAFE)),
-        "original": {
-            "share_unsafe": float(np.mean(labels == UNSAFE)),
-            "accuracy": float(np.mean(labels == np.array([ex.label for ex in queries]))),
-            **_confidence_stats(original, np.ones(len(labels), dtype=bool)),
-        },
+        "original": _original_stats(original, labels, queries),
     }
     for kind, want_opposite in (("opposite_label_donor", True), ("same_label_donor", False)):
         donors = _donors(labels, pool_labels, owner, want_opposite, rng)
         keep = donors >= 0
         swapped_seqs = [prompts[i] + reasonings[donors[i]] + suffix for i in np.flatnonzero(keep)]
-        swapped = _read(model, tok, spec, swapped_seqs, args.batch)
-        flipped = np.array(swapped.pred) != labels[keep]
-        result[kind] = {
-            "n": int(keep.sum()),
-            "flip_rate": float(flipped.mean()) if keep.any() else None,
-            "flipped": _confidence_stats(swapped, flipped),
-            "kept": _confidence_stats(swapped, ~flipped),
-        }
+        result[kind] = _swap_stats(_read(model, tok, spec, swapped_seqs, args.batch), labels, keep)
         print(f"{kind}: {result[kind]['n']} swaps, flip rate {result[kind]['flip_rate']}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    _write(result, args.output)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_rollout_arguments(parser, n_queries=128)
+    parser.add_argument(
+        "--donor-rollouts",
+        type=int,
+        default=4,
+        help="rollouts per query drawn for the donor pool (the first is the query's own)",
+    )
+    parser.add_argument(
+        "--donor-adapter",
+        help="draw the donor pool from this adapter on --model instead ('none': the bare model); "
+        "default: the model under test",
+    )
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--combine", nargs="+", type=Path, help="JSON files of earlier runs: write table3.md/png")
+    parser.add_argument("--output", type=Path, required=True, help="JSON file (a run) or folder (--combine)")
+    return parser.parse_args()
+
+
+def _combine(paths: list[Path], output: Path) -> None:
+    """``--combine``: table3.md and table3.png in ``output`` from the runs already written to ``paths``."""
+    runs = {path.stem: json.loads(path.read_text()) for path in paths}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "table3.md").write_text(markdown(runs))
+    plot(runs, output / "table3.png")
+    print(markdown(runs))
+
+
+def _queries(
+    args: argparse.Namespace, tok: Any, template: PromptTemplate
+) -> tuple[list[Any], list[str], list[list[int]]]:
+    """The seeded sample of queries, their rendered prompts and those prompts' token ids."""
+    queries = subsample(load_dataset(args.dataset, args.data_dir), args.n_queries, seed=args.seed)
+    texts = [tok.decode(tok.encode(ex.text, add_special_tokens=False)[: args.max_input_tokens]) for ex in queries]
+    rendered = [template.render(text) for text in texts]
+    prompts = [tok.encode(p, add_special_tokens=False) for p in rendered]  # as the rollout encodes them
+    return queries, rendered, prompts
+
+
+def _donor_model(args: argparse.Namespace, model: Any) -> Any:
+    """The model that draws the donor pool: ``model`` itself, or ``--donor-adapter`` on ``--model``."""
+    if args.donor_adapter is None:
+        return model
+    adapter = None if args.donor_adapter.lower() == "none" else args.donor_adapter
+    return load_model(args.model, adapter).model.eval()
+
+
+def _original_stats(original: Scores, labels: np.ndarray, queries: list[Any]) -> dict[str, Any]:
+    """The decisions read after each query's own reasoning: share unsafe, accuracy and confidence."""
+    return {
+        "share_unsafe": float(np.mean(labels == UNSAFE)),
+        "accuracy": float(np.mean(labels == np.array([ex.label for ex in queries]))),
+        **_confidence_stats(original, np.ones(len(labels), dtype=bool)),
+    }
+
+
+def _swap_stats(swapped: Scores, labels: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
+    """The decisions read after a donor's reasoning (for the queries in ``keep``) against the original
+    ``labels``: how many, how often they flip, and the confidence of flipped and kept decisions."""
+    flipped = np.array(swapped.pred) != labels[keep]
+    return {
+        "n": int(keep.sum()),
+        "flip_rate": float(flipped.mean()) if keep.any() else None,
+        "flipped": _confidence_stats(swapped, flipped),
+        "kept": _confidence_stats(swapped, ~flipped),
+    }
+
+
+def _write(result: dict[str, Any], output: Path) -> None:
+    """``result`` as JSON in ``output``, and printed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

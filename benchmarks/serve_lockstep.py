@@ -39,6 +39,62 @@ async def burst(base, items, c):
         return time.perf_counter() - t0
 
 
+def start_server(name, tree, port, tmp):
+    """``guardcal serve`` from source tree ``tree`` on ``port``, its outbox and log in ``tmp``: (process, base URL)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "guardcal.cli",
+        "serve",
+        "--backend",
+        "transformers",
+        "--port",
+        str(port),
+        "--bundle",
+        "none",
+        "--escalate-below",
+        "0.9",
+        "--outbox",
+        str(tmp / f"{name}.sqlite3"),
+        *sb.SERVER_FLAGS,
+    ]
+    log = open(  # noqa: SIM115 - the server writes to it until the end
+        tmp / f"{name}.log", "wb"
+    )
+    p = subprocess.Popen(cmd, cwd="/tmp", env={**os.environ, "PYTHONPATH": tree}, stdout=log, stderr=subprocess.STDOUT)
+    return p, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(base):
+    """Until ``base``/readyz answers 200, for at most about 600 tries a second apart."""
+    for _ in range(600):
+        try:
+            if httpx.get(base + "/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+
+
+def lockstep(servers, texts, c, per, rounds):
+    """``rounds`` bursts of ``per`` inputs at concurrency ``c`` to both servers, the first to go alternating."""
+    tot = {"old": 0.0, "new": 0.0}
+    n = 0
+    pos = c * 1000 % 300
+    for r in range(rounds):
+        items = texts[(pos + r * per) % 400 :][:per]
+        for k in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            tot[k] += asyncio.run(burst(servers[k][1], items, c))
+        n += per
+    return {
+        "c": c,
+        "n": n,
+        "old_rps": round(n / tot["old"], 2),
+        "new_rps": round(n / tot["new"], 2),
+        "new_over_old": round(tot["old"] / tot["new"], 3),
+    }
+
+
 def main() -> None:
     old_tree, new_tree = sys.argv[1], sys.argv[2]
     tok = load_tokenizer("default")
@@ -46,65 +102,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     servers = {}
     for i, (name, tree) in enumerate((("old", old_tree), ("new", new_tree))):
-        port = 41000 + i
-        cmd = [
-            sys.executable,
-            "-m",
-            "guardcal.cli",
-            "serve",
-            "--backend",
-            "transformers",
-            "--port",
-            str(port),
-            "--bundle",
-            "none",
-            "--escalate-below",
-            "0.9",
-            "--outbox",
-            str(tmp / f"{name}.sqlite3"),
-            *sb.SERVER_FLAGS,
-        ]
-        log = open(  # noqa: SIM115 - the server writes to it until the end
-            tmp / f"{name}.log", "wb"
-        )
-        p = subprocess.Popen(
-            cmd, cwd="/tmp", env={**os.environ, "PYTHONPATH": tree}, stdout=log, stderr=subprocess.STDOUT
-        )
-        servers[name] = (p, f"http://127.0.0.1:{port}")
+        servers[name] = start_server(name, tree, 41000 + i, tmp)
     for name, (_, base) in servers.items():
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+        wait_ready(base)
         print(name, "ready", flush=True)
 
     try:
         for k in servers:
             asyncio.run(burst(servers[k][1], texts[-20:], 4))  # warm-up
         for c, per, rounds in ((1, 8, 6), (4, 16, 6), (16, 32, 5)):
-            tot = {"old": 0.0, "new": 0.0}
-            n = 0
-            pos = c * 1000 % 300
-            for r in range(rounds):
-                items = texts[(pos + r * per) % 400 :][:per]
-                for k in ("old", "new") if r % 2 == 0 else ("new", "old"):
-                    tot[k] += asyncio.run(burst(servers[k][1], items, c))
-                n += per
-            print(
-                json.dumps(
-                    {
-                        "c": c,
-                        "n": n,
-                        "old_rps": round(n / tot["old"], 2),
-                        "new_rps": round(n / tot["new"], 2),
-                        "new_over_old": round(tot["old"] / tot["new"], 3),
-                    }
-                ),
-                flush=True,
-            )
+            print(json.dumps(lockstep(servers, texts, c, per, rounds)), flush=True)
     finally:
         for p, _ in servers.values():
             p.terminate()

@@ -138,14 +138,7 @@ def _grpo_rows(trainer: Any, n_prompts: int, group: int) -> list[dict[str, Any]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 timed repeats instead of --repeats")
-    parser.add_argument("--repeats", type=int, default=6)
-    parser.add_argument("--rollout-only", action="store_true", help="time the two rollout implementations only")
-    parser.add_argument("--data-dir", default=os.environ.get("GUARDCAL_DATA_DIR"))
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, default=Path("out/train_bench"))
-    args = parser.parse_args()
+    args = _parse_args()
     repeats = 2 if args.quick else args.repeats
 
     cal_cfg, cal = _build("cal-grpo", args.workdir, args.data_dir, seed=0)
@@ -156,37 +149,19 @@ def main() -> None:
     rollout = _time_rollouts(cal, rows, repeats)
     _stage(f"rollouts: {json.dumps(rollout)}")
     if args.rollout_only:
-        result = {"rollout": rollout, "machine": _machine(), "profile": cal_cfg.profile}
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        _write({"rollout": rollout, "machine": _machine(), "profile": cal_cfg.profile}, args.output)
         return
 
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    inputs = cal._generate_and_score_completions(rows)
-    generate_s = time.perf_counter() - started
-    tokens = int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
-    micro = split_tensor_dict(inputs, cal_cfg.grad_accum)  # what TRL feeds compute_loss, one per accumulation step
+    micro, tokens, generate_s = _generate_batch(cal, rows, cal_cfg.grad_accum)
     _, grpo = _build("grpo", args.workdir, args.data_dir, seed=0)
 
     _stage(f"generated {len(rows)} rollouts in {generate_s:.1f} s")
-    times: dict[str, list[float]] = {"grpo": [], "cal-grpo": []}
-    for trainer in (grpo, cal):  # warm-up, not timed
-        _loss_and_backward(trainer, micro)
-    _stage("warm-up done")
-    for _ in range(repeats):
-        times["grpo"].append(_loss_and_backward(grpo, micro))
-        times["cal-grpo"].append(_loss_and_backward(cal, micro))
+    times = _time_grpo_pair(grpo, cal, micro, repeats)
     del cal, grpo
 
     _stage("timed grpo and cal-grpo")
-    sft_cfg, sft = _build("sft", args.workdir, args.data_dir, seed=0)
-    loader = iter(sft.get_train_dataloader())
-    sft_micro = [_tensors(next(loader)) for _ in range(sft_cfg.grad_accum)]
-    sft_tokens = sum(int(b["attention_mask"].sum()) for b in sft_micro)
-    _loss_and_backward(sft, sft_micro)
-    times["sft"] = [_loss_and_backward(sft, sft_micro) for _ in range(repeats)]
+    sft_cfg, sft_micro, sft_tokens, sft_times = _time_sft(args.workdir, args.data_dir, repeats)
+    times["sft"] = sft_times
 
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
@@ -208,8 +183,60 @@ def main() -> None:
         "machine": _machine(),
         "profile": sft_cfg.profile,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    _write(result, args.output)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 timed repeats instead of --repeats")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--rollout-only", action="store_true", help="time the two rollout implementations only")
+    parser.add_argument("--data-dir", default=os.environ.get("GUARDCAL_DATA_DIR"))
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, default=Path("out/train_bench"))
+    return parser.parse_args()
+
+
+def _generate_batch(cal: Any, rows: list[dict[str, Any]], grad_accum: int) -> tuple[list[Any], int, float]:
+    """One generation batch from the cal-GRPO trainer (seed 0): its micro-batches, its prompt + completion
+    tokens and the seconds it took."""
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    inputs = cal._generate_and_score_completions(rows)
+    generate_s = time.perf_counter() - started
+    tokens = int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+    micro = split_tensor_dict(inputs, grad_accum)  # what TRL feeds compute_loss, one per accumulation step
+    return micro, tokens, generate_s
+
+
+def _time_grpo_pair(grpo: Any, cal: Any, micro: list[Any], repeats: int) -> dict[str, list[float]]:
+    """GRPO and cal-GRPO on the same micro-batches: one untimed warm-up each, then ``repeats`` timed
+    rounds, interleaved (seconds per round)."""
+    times: dict[str, list[float]] = {"grpo": [], "cal-grpo": []}
+    for trainer in (grpo, cal):  # warm-up, not timed
+        _loss_and_backward(trainer, micro)
+    _stage("warm-up done")
+    for _ in range(repeats):
+        times["grpo"].append(_loss_and_backward(grpo, micro))
+        times["cal-grpo"].append(_loss_and_backward(cal, micro))
+    return times
+
+
+def _time_sft(workdir: Path, data_dir: str | None, repeats: int) -> tuple[Any, list[dict[str, Any]], int, list[float]]:
+    """SFT on one batch of its own: the config, the micro-batches, their tokens and ``repeats`` timed
+    steps (after one untimed)."""
+    sft_cfg, sft = _build("sft", workdir, data_dir, seed=0)
+    loader = iter(sft.get_train_dataloader())
+    sft_micro = [_tensors(next(loader)) for _ in range(sft_cfg.grad_accum)]
+    sft_tokens = sum(int(b["attention_mask"].sum()) for b in sft_micro)
+    _loss_and_backward(sft, sft_micro)
+    return sft_cfg, sft_micro, sft_tokens, [_loss_and_backward(sft, sft_micro) for _ in range(repeats)]
+
+
+def _write(result: dict[str, Any], output: Path) -> None:
+    """``result`` as JSON in ``output``, and printed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -31,6 +32,18 @@ def _offline() -> None:
     shared = Path(__file__).parents[1].parent / "shared" / "data"
     if shared.is_dir():
         os.environ.setdefault("GUARDCAL_DATA_DIR", str(shared))
+
+
+@pytest.fixture(autouse=True)
+def _guardcal_log_level_restored():  # type: ignore[no-untyped-def]
+    """A test that runs the CLI in-process (``guardcal.cli.main``) configures logging as the CLI does, which
+    pins the ``guardcal`` logger at INFO. Undone after each test, so that a later test's
+    ``caplog.set_level(DEBUG)`` still sees ``guardcal.audit``'s DEBUG records whatever ran before it (CI
+    failure on e8375b8: four audit-log tests saw no records after an in-process ``serve --help``)."""
+    guardcal_log = logging.getLogger("guardcal")
+    saved = guardcal_log.level
+    yield
+    guardcal_log.setLevel(saved)
 
 
 @pytest.fixture(scope="session")
