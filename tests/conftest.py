@@ -35,15 +35,12 @@ def _offline() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _guardcal_log_level_restored():  # type: ignore[no-untyped-def]
-    """A test that runs the CLI in-process (``guardcal.cli.main``) configures logging as the CLI does, which
-    pins the ``guardcal`` logger at INFO. Undone after each test, so that a later test's
-    ``caplog.set_level(DEBUG)`` still sees ``guardcal.audit``'s DEBUG records whatever ran before it (CI
-    failure on e8375b8: four audit-log tests saw no records after an in-process ``serve --help``)."""
-    guardcal_log = logging.getLogger("guardcal")
-    saved = guardcal_log.level
-    yield
-    guardcal_log.setLevel(saved)
+def _guardcal_log_level_unset():  # type: ignore[no-untyped-def]
+    """Each test starts with the ``guardcal`` logger's level unset, as the library leaves it. The CLI pins it
+    at INFO (``configure_logging``), and tests run the CLI in-process, some in module-scoped fixtures that
+    run before any function-scoped one: left pinned, a later test's ``caplog.set_level(DEBUG)`` would miss
+    ``guardcal.audit``'s DEBUG records (the last CI runs: three and four audit-log tests failed so)."""
+    logging.getLogger("guardcal").setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")
