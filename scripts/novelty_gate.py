@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from guardcal.calibrate.bundle import CalibrationBundle
+from guardcal.calibration_run import rows_from_predictions
 from guardcal.data.loaders import load_dataset
 from guardcal.models.loading import load_model
 
@@ -33,12 +34,11 @@ GRID_D = (16, 32, 64)
 GRID_Q = (0.9, 0.95, 0.99)
 
 
-def bag_of_embeddings(model: Any, texts: list[str], name: str) -> np.ndarray:
-    """Each text as the mean input embedding of all its tokens."""
-    table = model.model.get_input_embeddings().weight.detach().float().numpy()
+def bag_of_embeddings(table: np.ndarray, tokenizer: Any, texts: list[str], name: str) -> np.ndarray:
+    """Each text as the mean of its tokens' rows of the input embedding ``table``."""
     rows = []
     for text in tqdm(texts, desc=name, leave=False):
-        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         rows.append(table[ids].mean(0))
     return np.stack(rows)
 
@@ -72,11 +72,12 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model("default")
     data = {name: load_dataset(name, args.data_dir) for name in SETS}
-    feats = {name: bag_of_embeddings(model, [e.text for e in rows], name) for name, rows in data.items()}
-    preds = {}
-    for line in (ROOT / "results/guard/eval/predictions.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        preds[(r["dataset"], r["id"])] = r["p_unsafe"]
+    table = model.model.get_input_embeddings().weight.detach().float().numpy()
+    feats = {
+        name: bag_of_embeddings(table, model.tokenizer, [e.text for e in rows], name) for name, rows in data.items()
+    }
+    scored, _ = rows_from_predictions(ROOT / "results/guard/eval", list(SETS[2:]))
+    preds = {(name, r["id"]): r["p_unsafe"] for name, rows in scored.items() for r in rows}
     bundle = CalibrationBundle.load(ROOT / "guardcal/assets/default_bundle.json")
     rows = []
     for d in GRID_D:

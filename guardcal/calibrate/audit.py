@@ -122,7 +122,7 @@ def _effective_size(w: np.ndarray, bad: np.ndarray, error: float) -> float:
         return float(bad.size)  # exact: equal weights
     kish = float(np.sum(w) ** 2 / np.sum(w**2))
     var = float(np.sum(w**2 * (bad - error) ** 2) / np.sum(w) ** 2)
-    if var <= 0.0 or error in (0.0, 1.0):
+    if var <= 0.0:  # no error, or all wrong
         return kish
     return min(kish, error * (1.0 - error) / var)
 
