@@ -2,11 +2,12 @@
 
 For a guard model scored by ``guardcal evaluate`` (its folder must hold ``openai-moderation:calib``,
 ``openai-moderation:test`` and ``xstest``), and for TF-IDF + logistic regression trained on the same
-500 training rows, this runs ``guardcal calibrate --predictions`` with the same method, targets and
-split (calibrator on one part of the calibration split, Learn-Then-Test thresholds on the other), then
-reports on test and XSTest: accuracy and AUROC of the raw scores, ECE after calibration, and the share
-of inputs auto-decided under the certified thresholds with the error among them (and the same at the
-fixed confidence 0.8, the issue's TF-IDF reference point). Writes ``scorecard.json`` and ``scorecard.md``.
+rows as the guard (``--tfidf-train``: the 500 training rows, or the guard's training mix), this runs
+``guardcal calibrate --predictions`` with the same method, targets and split (calibrator on one part
+of the calibration split, Learn-Then-Test thresholds on the other), then reports on test and XSTest:
+accuracy and AUROC of the raw scores, ECE after calibration, and the share of inputs auto-decided
+under the certified thresholds with the error among them (and the same at the fixed confidence 0.8,
+the issue's TF-IDF reference point). Writes ``scorecard.json`` and ``scorecard.md``.
 
     python benchmarks/guard_scorecard.py --predictions results/guard/eval --output results/guard \\
         --method platt --target-error 0.05 --target-error-unsafe 0.1
@@ -40,13 +41,13 @@ TFIDF_IDENTITY = {
 }
 
 
-def tfidf_predictions(folder: Path, data_dir: str | None) -> Path:
+def tfidf_predictions(folder: Path, data_dir: str | None, train_key: str) -> Path:
     """TF-IDF + LR (benchmarks/baselines.py's) scored on the fit and eval sets, as a guardcal evaluate folder."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    train = load_dataset("openai-moderation:train", data_dir)
+    train = load_dataset(train_key, data_dir)
     clf = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LogisticRegression(C=4.0))
     clf.fit([e.text for e in train], [int(e.label == UNSAFE) for e in train])
     rows = []
@@ -146,6 +147,9 @@ def main() -> None:
     parser.add_argument("--name", default="guard", help="the guard's row name")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--tfidf-train", default="openai-moderation:train", help="TF-IDF's training rows: the guard's (a dataset key)"
+    )
     parser.add_argument("--method", default="platt", choices=("platt", "isotonic", "temperature"))
     parser.add_argument("--target-error", type=float, default=0.05)
     parser.add_argument("--target-error-unsafe", type=float)
@@ -159,12 +163,22 @@ def main() -> None:
     results = {
         args.name: card(args.predictions, args.output / "bundle.json", args),
         "tfidf-logreg": card(
-            tfidf_predictions(args.output / "tfidf", args.data_dir), args.output / "tfidf" / "bundle.json", args
+            tfidf_predictions(args.output / "tfidf", args.data_dir, args.tfidf_train),
+            args.output / "tfidf" / "bundle.json",
+            args,
         ),
     }
     setting = {
         k: getattr(args, k)
-        for k in ("method", "target_error", "target_error_unsafe", "delta", "threshold_share", "start_errors")
+        for k in (
+            "method",
+            "target_error",
+            "target_error_unsafe",
+            "delta",
+            "threshold_share",
+            "start_errors",
+            "tfidf_train",
+        )
     }
     (args.output / "scorecard.json").write_text(json.dumps({"setting": setting, **results}, indent=2) + "\n")
     (args.output / "scorecard.md").write_text(markdown(results, args))

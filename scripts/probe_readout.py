@@ -72,6 +72,11 @@ def main() -> int:
         help="put the tokenizer's BOS token first (prompts are tokenised without special tokens; Gemma needs <bos>)",
     )
     ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument(
+        "--train-dataset",
+        default="openai-moderation:train",
+        help="rows the probe is fitted on (any guardcal dataset key, e.g. a scripts/build_request_mix.py mix)",
+    )
     ap.add_argument("--C", type=float, default=0.0, help="inverse regularisation; 0 = chosen by 5-fold CV on train")
     ap.add_argument("--features", type=Path, help="features.npz of an earlier run: skip the forward passes")
     ap.add_argument("--layers-rank", type=int, default=0, help="add zero-init LoRA of this rank (0 = none)")
@@ -86,7 +91,7 @@ def main() -> int:
         profile = dataclasses.replace(profile, name="default+bos", bos=tok.bos_token)
     template = PromptTemplate(mode="direct", profile=profile)
     spec = LabelSpec.from_tokenizer(tok)
-    train = load_dataset("openai-moderation:train")
+    train = load_dataset(args.train_dataset)
     calib = load_dataset("openai-moderation:calib")
     ytr = np.array([e.label == UNSAFE for e in train], dtype=int)
     yca = np.array([e.label == UNSAFE for e in calib], dtype=int)
@@ -144,6 +149,7 @@ def main() -> int:
         "u_dot_h_train": [float(np.mean(xtr @ u)), float(np.std(xtr @ u))],
         "label_mass_boost": boost,
         "window": args.window,
+        "train_dataset": args.train_dataset,
         "model": args.model,
         "bos": args.bos,
         "layers_lora": {"rank": args.layers_rank, "alpha": args.layers_alpha, "first_layer": args.first_layer}

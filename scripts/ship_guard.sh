@@ -21,6 +21,9 @@ BIN=${BIN:-.venv/bin}
 export GUARDCAL_DATA_DIR=${GUARDCAL_DATA_DIR:-$(cd ../shared/data && pwd)} HF_HUB_OFFLINE=1
 
 ASSET=guardcal/assets/default_adapter
+# a run that went on from the shipped adapter (--adapter default) keeps that adapter's provenance
+PREV=$(mktemp -d)
+cp "$ASSET"/train_config.json "$ASSET"/probe_readout.json results/guard/training/log.jsonl "$PREV"/ 2>/dev/null || true
 rm -f "$ASSET"/*
 cp "$RUN/adapter_config.json" "$RUN/adapter_model.safetensors" "$ASSET/"
 
@@ -34,6 +37,19 @@ if [ -f "$RUN/train_config.json" ]; then
     cp "$RUN/train_config.json" "$ASSET/"
     cp "$RUN/train_config.json" "$RUN/log.jsonl" "$OUT/training/"
     START=$("$BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["adapter"] or "")' "$RUN/train_config.json")
+    # a jsonl training mix (scripts/build_request_mix.py) ships its manifest: sources, licenses, sha256
+    DATA=$("$BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_dataset"])' "$RUN/train_config.json")
+    case "$DATA" in jsonl:*)
+        MANIFEST=$(dirname "${DATA#jsonl:}")/manifest.json
+        cp "$MANIFEST" "$ASSET/training_data.json"
+        cp "$MANIFEST" "$OUT/training/training_data.json" ;;
+    esac
+fi
+if [ "$START" = default ]; then
+    cp "$PREV/train_config.json" "$ASSET/base_train_config.json"
+    cp "$PREV/train_config.json" "$OUT/training/base_train_config.json"
+    cp "$PREV/log.jsonl" "$OUT/training/base_log.jsonl"
+    START=$PREV
 fi
 if [ -n "$START" ] && [ -f "$START/probe_readout.json" ]; then
     cp "$START/probe_readout.json" "$ASSET/"
@@ -49,6 +65,7 @@ else
     --dataset openai-moderation:calib --dataset openai-moderation:test --dataset xstest --output "$OUT/eval"
 fi
 "$BIN/python" benchmarks/guard_scorecard.py --predictions "$OUT/eval" --name guard --output "$OUT" \
+    --tfidf-train "${DATA:-openai-moderation:train}" \
     --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE"
 "$BIN/guardcal" calibrate --predictions "$OUT/eval" --adapter default --max-input-tokens "$WINDOW" \
     --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" \

@@ -16,7 +16,13 @@ from guardcal.assets import DEFAULT_ADAPTER
 from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, resolve_adapter
 
 RESULTS = Path(__file__).parents[2] / "results" / "guard"
-SHIPPED_FILES = {"adapter_config.json", "adapter_model.safetensors", "train_config.json", "probe_readout.json"}
+SHIPPED_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "train_config.json",
+    "probe_readout.json",
+    "training_data.json",
+}
 
 
 def test_default_resolves_to_the_shipped_adapter_folder():
@@ -36,11 +42,25 @@ def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
     assert cfg["adapter"]  # continued from the probe readout, not a fresh LoRA
     probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
     assert probe["layers_lora"] == {"rank": 16, "alpha": 32, "first_layer": 15}
+    assert probe["train_dataset"] == cfg["train_dataset"]  # readout and SFT saw the same rows
     with safe_open(str(DEFAULT_ADAPTER / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
         assert keys and all("lora_A" in k or "lora_B" in k for k in keys)  # no copy of the tied embeddings
         assert any("lm_head" in k for k in keys)
         assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "layers" in k and "lora_B" in k)
+
+
+def test_the_shipped_adapter_says_what_it_was_trained_on():
+    """The training mix's manifest ships with the adapter: sources, licenses, and no calibration or test row."""
+    data = json.loads((DEFAULT_ADAPTER / "training_data.json").read_text())
+    assert data == json.loads((RESULTS / "training" / "training_data.json").read_text())
+    mix = data["files"]["train_mix.jsonl"]
+    sources = {key.split("/")[0] for key in mix["counts"]}
+    assert "openai-moderation:train" in sources and not {"openai-moderation:calib", "openai-moderation:test"} & sources
+    assert not any(s.startswith("xstest") for s in sources)
+    assert sum(mix["counts"].values()) == mix["rows"]
+    assert set(data["licenses"]) == {"harmbench", "donotanswer", "benign-guardcal"}
+    assert sum(n for k, n in mix["counts"].items() if k.startswith("openai-moderation:train/")) == 500
 
 
 def test_the_shipped_adapter_is_the_one_evaluated_in_results():

