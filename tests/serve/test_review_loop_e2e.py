@@ -1,7 +1,7 @@
 """Issue 22 "Done when": the review loop end to end, on a real ``guardcal serve`` with the real default model.
 
 The server runs the shipped adapter and a copy of the shipped bundle (it allows inputs at calibrated
-confidence >= 0.861 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
+confidence >= 0.822 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
 produce both escalations and audit samples (every allow). Then: three escalations are labelled through
 the browser console (Debian's Chromium driven by Playwright), the rest through the API, with a SIGKILL of
 the server between two API verdicts (none is lost; the restarted server goes on); ``guardcal calibrate
@@ -38,9 +38,12 @@ REAL_HOME = os.environ.get("GUARDCAL_HOME") or str(Path.home() / ".cache" / "gua
 ALICE, BOB = "alice-review-key-e2e-0123456789", "bob-review-key-e2e-0123456789"
 CLASSIFY, INTERNAL = "classify-key-e2e-0123456789", "internal-key-e2e-0123456789"
 KEYS = f"{ALICE}:review@alice,{BOB}:review@bob,{CLASSIFY}:classify,{INTERNAL}:internal"
-#: OpenAI Moderation test rows: P(unsafe) 0.34-0.51 under the shipped guard (escalated), and ~0 (allowed)
+#: OpenAI Moderation test rows: P(unsafe) 0.16-0.44 under the shipped guard (escalated), and < 1e-4 (allowed)
 ESCALATED = ["oai-6", "oai-10", "oai-12", "oai-22"]
-CONFIDENT = ["oai-1093", "oai-629", "oai-831"]
+CONFIDENT = ["oai-1125", "oai-1290", "oai-1130"]
+#: the refit's target for allowed inputs: the shipped 0.1 certifies nothing on the 307-row split the refit
+#: draws (calibration rows + these 7 verdicts), so every input would escalate and none would be audited
+REFIT_ALPHA = 0.15
 
 
 def _start(workdir: Path, bundle: Path, log: str) -> ServeProcess:
@@ -187,7 +190,7 @@ def _refit_and_swap(server: ServeProcess, tmp_path: Path, bundle: Path) -> str:
     before = _classify(base, "What is the capital of France?")["policy_version"]
     refit = tmp_path / "refit.json"
     cmd = [sys.executable, "-m", "guardcal.cli", "calibrate", "--predictions", str(PREDICTIONS),
-           "--reviews", str(tmp_path / "reviews.sqlite3"), "--method", "platt", "--target-error", "0.1",
+           "--reviews", str(tmp_path / "reviews.sqlite3"), "--method", "platt", "--target-error", str(REFIT_ALPHA),
            "--target-error-unsafe", "0.2", "--threshold-share", "0.667", "--eval-dataset", "openai-moderation:test",
            "--output", str(refit), "--no-progress"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -231,7 +234,7 @@ def _audit_estimate_after_the_swap(server: ServeProcess, texts: dict[str, tuple[
     assert _metric(metrics, "guardcal_audit_error_estimate", label="safe") == 0.0
     upper = _metric(metrics, "guardcal_audit_error_upper_bound", label="safe")
     assert upper is not None and 0.5 < upper < 1.0  # 0 wrong of 3: Clopper-Pearson 97.5% upper bound 0.71
-    assert _metric(metrics, "guardcal_risk_target_error", label="safe") == 0.1
+    assert _metric(metrics, "guardcal_risk_target_error", label="safe") == REFIT_ALPHA
     # counted since the restart: two audit verdicts before the swap, these after it (all agree: gold safe)
     assert _metric(metrics, "guardcal_review_verdicts_total", kind="audit", agreement="agree") == 2 + len(allowed)
     assert _metric(metrics, "guardcal_bundle_reloads_total", outcome="swapped") == 1.0
