@@ -23,6 +23,7 @@ export GUARDCAL_DATA_DIR=${GUARDCAL_DATA_DIR:-$(cd ../shared/data && pwd)} HF_HU
 ASSET=guardcal/assets/default_adapter
 # a run that went on from the shipped adapter (--adapter default) keeps that adapter's provenance
 PREV=$(mktemp -d)
+trap 'rm -rf "$PREV"' EXIT
 cp "$ASSET"/train_config.json "$ASSET"/probe_readout.json results/guard/training/log.jsonl "$PREV"/ 2>/dev/null || true
 rm -f "$ASSET"/*
 cp "$RUN/adapter_config.json" "$RUN/adapter_model.safetensors" "$ASSET/"
