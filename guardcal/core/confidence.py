@@ -125,11 +125,15 @@ def from_label_logprobs(label_logprobs: npt.ArrayLike, spec: LabelSpec) -> Score
     n_ids = len(spec.all_ids)
     if lp.ndim != 2 or lp.shape[1] != n_ids:
         raise ValueError(f"expected shape (batch, {n_ids}), got {lp.shape}")
-    probs = np.exp(lp)
+    # float32 log-softmax rounds a near-certain token to a log-prob a hair above 0 (seen: exp = 1 + 1e-7);
+    # a probability is at most 1, so clip the readings there rather than pass > 1 to the metrics
+    probs = np.exp(np.minimum(lp, 0.0))
     n_safe, n_unsafe = len(spec.ids_for(SAFE)), len(spec.ids_for(UNSAFE))
-    esc = probs[:, n_safe + n_unsafe :].sum(axis=1) if len(spec.labels) > 2 else None
+    esc = np.minimum(probs[:, n_safe + n_unsafe :].sum(axis=1), 1.0) if len(spec.labels) > 2 else None
     return Scores(
-        p_safe=probs[:, :n_safe].sum(axis=1), p_unsafe=probs[:, n_safe : n_safe + n_unsafe].sum(axis=1), p_escalate=esc
+        p_safe=np.minimum(probs[:, :n_safe].sum(axis=1), 1.0),
+        p_unsafe=np.minimum(probs[:, n_safe : n_safe + n_unsafe].sum(axis=1), 1.0),
+        p_escalate=esc,
     )
 
 

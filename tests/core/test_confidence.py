@@ -65,3 +65,15 @@ def test_shape_errors_and_concat():
     merged = Scores.concat(parts)
     assert merged.p_safe.tolist() == [0.1, 0.3] and len(merged) == 2
     assert len(Scores.concat([])) == 0
+
+
+def test_float32_rounding_never_reads_above_one():
+    """A near-certain token's float32 log-prob can round a hair above 0; the metrics reject p > 1."""
+    from guardcal.calibrate.metrics import compute_metrics
+
+    lp = np.array([[1.2e-7, -40.0, -30.0, -35.0], [-0.7, -0.8, -3.0, -4.0]])  # row 0: Safe at "log p = +1e-7"
+    s = from_label_logprobs(lp, SPEC)
+    assert s.p_safe[0] == 1.0 and s.confidence[0] == 1.0
+    assert np.all((s.p_safe <= 1.0) & (s.p_unsafe <= 1.0)) and np.all(s.confidence <= 1.0)
+    assert s.p_safe[1] == pytest.approx(math.exp(-0.7) + math.exp(-0.8))  # valid readings are unchanged
+    compute_metrics(np.array([0, 1]), s.pred_unsafe, s.p_unsafe_norm, s.confidence)  # no "outside [0, 1]"
