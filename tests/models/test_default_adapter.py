@@ -1,4 +1,4 @@
-"""The shipped default adapter (the issue-21 guard: a probe readout, then SFT) and ``--adapter default``."""
+"""The shipped default adapter (the issue-21 guard: a probe readout, SFT, then SFT on contrast requests)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ SHIPPED_FILES = {
     "train_config.json",
     "probe_readout.json",
     "training_data.json",
+    "base_train_config.json",  # the run this one went on from (--adapter default)
 }
 
 
@@ -37,12 +38,16 @@ def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
     lora = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text())
     assert (lora["r"], lora["lora_alpha"], lora["peft_type"]) == (16, 32, "LORA")
     assert lora["rank_pattern"] == {"lm_head": 2}  # the probe readout (+ label-mass boost) on the LM head
+    # v3: the v2 guard (--adapter default) continued for one epoch on the mix with the contrast requests
     cfg = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
-    assert (cfg["method"], cfg["profile"], cfg["epochs"], cfg["learning_rate"]) == ("sft", "guard", 3, 2e-4)
-    assert cfg["adapter"]  # continued from the probe readout, not a fresh LoRA
+    assert (cfg["method"], cfg["profile"], cfg["epochs"], cfg["learning_rate"]) == ("sft", "guard", 1, 1e-4)
+    assert cfg["adapter"] == "default"
+    base = json.loads((DEFAULT_ADAPTER / "base_train_config.json").read_text())
+    assert (base["method"], base["profile"], base["epochs"], base["learning_rate"]) == ("sft", "guard", 3, 2e-4)
+    assert base["adapter"]  # v2 went on from the probe readout, not from a fresh LoRA
     probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
     assert probe["layers_lora"] == {"rank": 16, "alpha": 32, "first_layer": 15}
-    assert probe["train_dataset"] == cfg["train_dataset"]  # readout and SFT saw the same rows
+    assert probe["train_dataset"] == base["train_dataset"]  # readout and v2's SFT saw the same rows
     with safe_open(str(DEFAULT_ADAPTER / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
         assert keys and all("lora_A" in k or "lora_B" in k for k in keys)  # no copy of the tied embeddings
@@ -59,14 +64,18 @@ def test_the_shipped_adapter_says_what_it_was_trained_on():
     assert "openai-moderation:train" in sources and not {"openai-moderation:calib", "openai-moderation:test"} & sources
     assert not any(s.startswith("xstest") for s in sources)
     assert sum(mix["counts"].values()) == mix["rows"]
-    assert set(data["licenses"]) == {"harmbench", "donotanswer", "benign-guardcal"}
-    assert sum(n for k, n in mix["counts"].items() if k.startswith("openai-moderation:train/")) == 500
+    assert set(data["licenses"]) == {"harmbench", "donotanswer", "benign-guardcal", "contrast-guardcal"}
+    assert {"benign-guardcal", "contrast-guardcal"} <= sources
+    oai = sum(n for k, n in mix["counts"].items() if k.startswith("openai-moderation:train/"))
+    assert oai == 500 * data["oai_repeat"]  # the 500 training rows, each seen oai_repeat times
 
 
 def test_the_shipped_adapter_is_the_one_evaluated_in_results():
     """results/guard holds the shipped run's config, probe fit and the evaluation of these very files."""
     shipped = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
     assert shipped == json.loads((RESULTS / "training" / "train_config.json").read_text())
+    base = json.loads((DEFAULT_ADAPTER / "base_train_config.json").read_text())
+    assert base == json.loads((RESULTS / "training" / "base_train_config.json").read_text())
     probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
     assert probe == json.loads((RESULTS / "training" / "probe_readout.json").read_text())
     evaluated = json.loads((RESULTS / "eval" / "run.json").read_text())

@@ -1,7 +1,7 @@
 """Issue 22 "Done when": the review loop end to end, on a real ``guardcal serve`` with the real default model.
 
 The server runs the shipped adapter and a copy of the shipped bundle (it allows inputs at calibrated
-confidence >= 0.822 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
+confidence >= 0.899 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
 produce both escalations and audit samples (every allow). Then: three escalations are labelled through
 the browser console (Debian's Chromium driven by Playwright), the rest through the API, with a SIGKILL of
 the server between two API verdicts (none is lost; the restarted server goes on); ``guardcal calibrate
@@ -38,7 +38,7 @@ REAL_HOME = os.environ.get("GUARDCAL_HOME") or str(Path.home() / ".cache" / "gua
 ALICE, BOB = "alice-review-key-e2e-0123456789", "bob-review-key-e2e-0123456789"
 CLASSIFY, INTERNAL = "classify-key-e2e-0123456789", "internal-key-e2e-0123456789"
 KEYS = f"{ALICE}:review@alice,{BOB}:review@bob,{CLASSIFY}:classify,{INTERNAL}:internal"
-#: OpenAI Moderation test rows: P(unsafe) 0.16-0.44 under the shipped guard (escalated), and < 1e-4 (allowed)
+#: OpenAI Moderation test rows: P(unsafe) 0.23-0.40 under the shipped guard (escalated), and <= 2e-4 (allowed)
 ESCALATED = ["oai-6", "oai-10", "oai-12", "oai-22"]
 CONFIDENT = ["oai-1125", "oai-1290", "oai-1130"]
 #: the refit's target for allowed inputs: the shipped 0.1 certifies nothing on the 307-row split the refit
