@@ -22,6 +22,8 @@ from guardcal.serve.reviews import ReviewStore
 ROOT = Path(__file__).parents[1]
 PREDICTIONS = ROOT / "results" / "guard" / "eval"
 IDENTITY_KEYS = ("model_id", "adapter_hash", "mode", "prompt_fingerprint", "label_spec")
+#: a raw P(unsafe) that the plain refit of the shipped guard's calibration split allows on its own
+CONFIDENT_RAW = 0.01
 
 
 def _identity() -> dict:
@@ -42,13 +44,13 @@ def _payload(i: int, *, p_raw, reason="low_confidence", prob=1.0, model=None, te
 
 
 def _store(path: Path, audit_prob: float) -> None:
-    """30 audit samples read as confidently safe (raw 0.05) that reviewers found unsafe, 20 escalations, and
+    """30 audit samples read as confidently safe (raw CONFIDENT_RAW) that reviewers found unsafe, 20 escalations, and
     verdicts the refit must leave out (another model; a fail-closed escalation without a score)."""
 
     async def fill() -> None:
         store = ReviewStore(path)
         store.open()
-        items = [(_payload(i, p_raw=0.05, reason="audit", prob=audit_prob, when="2026-11-03"), "unsafe")
+        items = [(_payload(i, p_raw=CONFIDENT_RAW, reason="audit", prob=audit_prob, when="2026-11-03"), "unsafe")
                  for i in range(30)]  # fmt: skip
         items += [(_payload(100 + i, p_raw=0.45 + 0.01 * i), "unsafe" if i % 2 else "safe") for i in range(20)]
         items += [(_payload(200, p_raw=0.3, model={**_identity(), "model_id": "other"}), "safe")]
@@ -100,9 +102,9 @@ def test_the_bundle_records_which_verdicts_were_used(bundles):
 
 
 def test_verdicts_weighted_by_inverse_sampling_probability_move_the_calibration(bundles):
-    at = np.array([0.05])
+    at = np.array([CONFIDENT_RAW])
     plain, p1, audit = (bundles[k].calibrator().predict(at)[0] for k in ("plain", "p1", "audit"))
-    # reviewers found the confidently-safe audit samples unsafe: P(unsafe) at raw 0.05 rises, four times as
+    # reviewers found the confidently-safe audit samples unsafe: P(unsafe) at their raw score rises, four times as
     # much evidence when each audit verdict stands for 1/p = 4 confident decisions
     assert plain < p1 < audit
     assert audit - plain > 2 * (p1 - plain) > 0
