@@ -6,8 +6,10 @@
 
 The rule: the highest mean of the calib AUROC (the training callback's last evaluation, in the run's
 ``log.jsonl``) and the held-out request AUROC (``guardcal evaluate`` on ``--val``), among the
-candidates whose calib AUROC is at least 0.84. It also reports accuracy per request source, so a
-source the mean hides (the contrast requests) is seen.
+candidates whose calib AUROC is at least 0.84. A candidate that was not trained (an average of
+adapters, scripts/soup_adapters.py) has no log: give instead the folder of ``guardcal evaluate
+--dataset openai-moderation:calib --max-input-tokens 256``, the callback's setting. It also reports
+accuracy per request source, so a source the mean hides (the contrast requests) is seen.
 """
 
 from __future__ import annotations
@@ -19,11 +21,31 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
+from guardcal.train.callbacks import read_evals
+
 CALIB_FLOOR = 0.84
 
 
-def candidate(log: Path, eval_dir: Path, source_of: dict[str, str]) -> dict[str, object]:
-    last = [row for row in map(json.loads, log.read_text().splitlines()) if "eval/auroc_unsafe" in row][-1]
+def calib_reading(calib: Path) -> dict[str, float]:
+    """Calib accuracy and AUROC: the last evaluation in a run's log.jsonl, or a ``guardcal evaluate`` folder."""
+    if calib.is_dir():
+        m = json.loads((calib / "metrics.json").read_text())["openai-moderation:calib"]
+        return {"calib_accuracy": m["accuracy"], "calib_auroc": m["auroc_unsafe"]}
+    evals = read_evals(calib)
+    if not evals:
+        raise SystemExit(f"{calib} has no calibration evaluation: give a run's log.jsonl or an evaluate folder")
+    last = evals[-1]
+    return {
+        "calib_accuracy": last["eval/accuracy"],
+        "calib_auroc": last["eval/auroc_unsafe"],
+        "calib_recall_safe": last["eval/recall_safe"],
+        "calib_recall_unsafe": last["eval/recall_unsafe"],
+    }
+
+
+def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> tuple[dict[str, object], float | None]:
+    """One candidate's row of the table, and its rule mean (None below the calib floor)."""
+    reading = calib_reading(calib)
     preds = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
     by_source: dict[str, list[bool]] = collections.defaultdict(list)
     for p in preds:
@@ -33,36 +55,39 @@ def candidate(log: Path, eval_dir: Path, source_of: dict[str, str]) -> dict[str,
         return float(roc_auc_score([r["label"] == "unsafe" for r in rows], [r["p_unsafe"] for r in rows]))
 
     val_auroc = auroc(preds)
-    return {
-        "calib_accuracy": last["eval/accuracy"],
-        "calib_auroc": last["eval/auroc_unsafe"],
-        "calib_recall_safe": last["eval/recall_safe"],
-        "calib_recall_unsafe": last["eval/recall_unsafe"],
+    rule_mean = (reading["calib_auroc"] + val_auroc) / 2
+    row = {
+        **reading,
         "requests_val_accuracy": sum(p["pred"] == p["label"] for p in preds) / len(preds),
         "requests_val_auroc": val_auroc,
         "requests_val_auroc_without_contrast": auroc([p for p in preds if source_of[p["id"]] != "contrast-guardcal"]),
-        "rule_mean": (last["eval/auroc_unsafe"] + val_auroc) / 2,
-        "calib_floor_met": last["eval/auroc_unsafe"] >= CALIB_FLOOR,
+        "rule_mean": rule_mean,
+        "calib_floor_met": reading["calib_auroc"] >= CALIB_FLOOR,
         "accuracy_by_source": {k: sum(v) / len(v) for k, v in sorted(by_source.items())},
     }
+    return row, (rule_mean if reading["calib_auroc"] >= CALIB_FLOOR else None)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--val", required=True, type=Path, help="the held-out requests (build_request_mix.py)")
-    ap.add_argument("--run", action="append", required=True, help="NAME=LOG_JSONL:EVAL_DIR, repeatable")
+    ap.add_argument(
+        "--run", action="append", required=True, help="NAME=LOG_JSONL_OR_CALIB_EVAL_DIR:VAL_EVAL_DIR, repeatable"
+    )
     ap.add_argument("--output", type=Path)
     args = ap.parse_args()
     source_of = {row["id"]: row["source"] for row in map(json.loads, args.val.read_text().splitlines())}
-    table = {}
+    table: dict[str, dict[str, object]] = {}
+    means: dict[str, float] = {}
     for spec in args.run:
         name, _, paths = spec.partition("=")
-        log, _, eval_dir = paths.partition(":")
-        if not (name and log and eval_dir):
-            ap.error(f"--run {spec!r}: write NAME=LOG_JSONL:EVAL_DIR")
-        table[name] = candidate(Path(log), Path(eval_dir), source_of)
-    eligible = {k: v for k, v in table.items() if v["calib_floor_met"]}
-    chosen = max(eligible, key=lambda k: float(eligible[k]["rule_mean"])) if eligible else None  # type: ignore[arg-type]
+        calib, _, eval_dir = paths.partition(":")
+        if not (name and calib and eval_dir):
+            ap.error(f"--run {spec!r}: write NAME=LOG_JSONL:EVAL_DIR or NAME=CALIB_EVAL_DIR:EVAL_DIR")
+        table[name], mean = candidate(Path(calib), Path(eval_dir), source_of)
+        if mean is not None:
+            means[name] = mean
+    chosen = max(means, key=means.__getitem__) if means else None
     report = {"calib_floor": CALIB_FLOOR, "chosen": chosen, "candidates": table}
     text = json.dumps(report, indent=2)
     print(text)

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from guardcal.train.callbacks import read_evals
+
 SPLITS = ["openai-moderation:calib", "openai-moderation:test", "xstest"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -188,13 +190,6 @@ class Sweep:
         self.summary["device"] = device_name()
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
         print(json.dumps({k: v for k, v in self.summary.items() if k != "stages"}), flush=True)
-
-
-def read_evals(log: Path) -> list[dict]:
-    if not log.is_file():
-        return []
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "eval/accuracy" in r]
 
 
 def device_name() -> str:

@@ -37,6 +37,14 @@ class JsonlLog:
         return len(lines) - len(kept)
 
 
+def read_evals(path: Path) -> list[dict[str, Any]]:
+    """The calibration evaluations a run wrote to its log.jsonl, in order; [] before the first one."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if "eval/accuracy" in row]
+
+
 def _step(line: str) -> int | None:
     """The step of one log line; None for a line that is not a whole JSON record."""
     try:
