@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 from pathlib import Path
+from typing import Any
 
 from sklearn.metrics import roc_auc_score
 
@@ -43,7 +44,7 @@ def calib_reading(calib: Path) -> dict[str, float]:
     }
 
 
-def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> tuple[dict[str, object], float | None]:
+def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> tuple[dict[str, Any], float | None]:
     """One candidate's row of the table, and its rule mean (None below the calib floor)."""
     reading = calib_reading(calib)
     preds = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
@@ -68,6 +69,30 @@ def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> tuple[d
     return row, (rule_mean if reading["calib_auroc"] >= CALIB_FLOOR else None)
 
 
+def plot(table: dict[str, dict[str, Any]], chosen: str | None, path: Path) -> None:
+    """Each candidate at (calib AUROC, requests_val AUROC), the calib floor as a line, the choice marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, row in table.items():
+        x, y = row["calib_auroc"], row["requests_val_auroc"]
+        ax.scatter([x], [y], color="tab:green" if name == chosen else "tab:blue", zorder=3)
+        ax.annotate(name + (" (chosen)" if name == chosen else ""), (x, y), textcoords="offset points", xytext=(5, 4))
+    ax.axvline(CALIB_FLOOR, color="tab:red", linestyle="--", label=f"calib floor {CALIB_FLOOR}")
+    ax.set_xlabel("calib AUROC (OpenAI Moderation, 300 rows)")
+    ax.set_ylabel("requests_val AUROC (held-out requests)")
+    ax.set_title("Candidates under the rule: highest mean of the two AUROCs above the floor")
+    ax.title.set_fontsize(9)
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--val", required=True, type=Path, help="the held-out requests (build_request_mix.py)")
@@ -75,9 +100,10 @@ def main() -> int:
         "--run", action="append", required=True, help="NAME=LOG_JSONL_OR_CALIB_EVAL_DIR:VAL_EVAL_DIR, repeatable"
     )
     ap.add_argument("--output", type=Path)
+    ap.add_argument("--plot", type=Path, help="also draw the candidates as a PNG")
     args = ap.parse_args()
     source_of = {row["id"]: row["source"] for row in map(json.loads, args.val.read_text().splitlines())}
-    table: dict[str, dict[str, object]] = {}
+    table: dict[str, dict[str, Any]] = {}
     means: dict[str, float] = {}
     for spec in args.run:
         name, _, paths = spec.partition("=")
@@ -93,6 +119,8 @@ def main() -> int:
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
+    if args.plot:
+        plot(table, chosen, args.plot)
     return 0
 
 
