@@ -44,8 +44,8 @@ def calib_reading(calib: Path) -> dict[str, float]:
     }
 
 
-def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> tuple[dict[str, Any], float | None]:
-    """One candidate's row of the table, and its rule mean (None below the calib floor)."""
+def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> dict[str, Any]:
+    """One candidate's row of the table."""
     reading = calib_reading(calib)
     preds = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
     by_source: dict[str, list[bool]] = collections.defaultdict(list)
@@ -56,17 +56,15 @@ def candidate(calib: Path, eval_dir: Path, source_of: dict[str, str]) -> tuple[d
         return float(roc_auc_score([r["label"] == "unsafe" for r in rows], [r["p_unsafe"] for r in rows]))
 
     val_auroc = auroc(preds)
-    rule_mean = (reading["calib_auroc"] + val_auroc) / 2
-    row = {
+    return {
         **reading,
         "requests_val_accuracy": sum(p["pred"] == p["label"] for p in preds) / len(preds),
         "requests_val_auroc": val_auroc,
         "requests_val_auroc_without_contrast": auroc([p for p in preds if source_of[p["id"]] != "contrast-guardcal"]),
-        "rule_mean": rule_mean,
+        "rule_mean": (reading["calib_auroc"] + val_auroc) / 2,
         "calib_floor_met": reading["calib_auroc"] >= CALIB_FLOOR,
         "accuracy_by_source": {k: sum(v) / len(v) for k, v in sorted(by_source.items())},
     }
-    return row, (rule_mean if reading["calib_auroc"] >= CALIB_FLOOR else None)
 
 
 def plot(table: dict[str, dict[str, Any]], chosen: str | None, path: Path) -> None:
@@ -104,16 +102,14 @@ def main() -> int:
     args = ap.parse_args()
     source_of = {row["id"]: row["source"] for row in map(json.loads, args.val.read_text().splitlines())}
     table: dict[str, dict[str, Any]] = {}
-    means: dict[str, float] = {}
     for spec in args.run:
         name, _, paths = spec.partition("=")
         calib, _, eval_dir = paths.partition(":")
         if not (name and calib and eval_dir):
             ap.error(f"--run {spec!r}: write NAME=LOG_JSONL:EVAL_DIR or NAME=CALIB_EVAL_DIR:EVAL_DIR")
-        table[name], mean = candidate(Path(calib), Path(eval_dir), source_of)
-        if mean is not None:
-            means[name] = mean
-    chosen = max(means, key=means.__getitem__) if means else None
+        table[name] = candidate(Path(calib), Path(eval_dir), source_of)
+    eligible = [name for name, row in table.items() if row["calib_floor_met"]]
+    chosen = max(eligible, key=lambda name: table[name]["rule_mean"]) if eligible else None
     report = {"calib_floor": CALIB_FLOOR, "chosen": chosen, "candidates": table}
     text = json.dumps(report, indent=2)
     print(text)

@@ -28,15 +28,20 @@ CONFIG = "adapter_config.json"
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 
+def _pattern(patterns: dict | None, module: str) -> str | None:
+    """The key of ``patterns`` (a rank_pattern / alpha_pattern) that PEFT applies to ``module``, if any."""
+    from peft.utils.other import get_pattern_key
+
+    keys = list(patterns or {})
+    key = get_pattern_key(keys, module)
+    return key if key in keys else None
+
+
 def _scaling(config: dict, module: str) -> tuple[int, float]:
-    """The rank and the alpha / r of ``module`` under ``config`` (rank_pattern / alpha_pattern by suffix)."""
-    r, alpha = config["r"], config["lora_alpha"]
-    for pattern, value in (config.get("rank_pattern") or {}).items():
-        if module == pattern or module.endswith("." + pattern):
-            r = value
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if module == pattern or module.endswith("." + pattern):
-            alpha = value
+    """The rank and the alpha / r of ``module`` under ``config``, as PEFT resolves the patterns."""
+    rank_key, alpha_key = _pattern(config.get("rank_pattern"), module), _pattern(config.get("alpha_pattern"), module)
+    r = config["rank_pattern"][rank_key] if rank_key else config["r"]
+    alpha = config["alpha_pattern"][alpha_key] if alpha_key else config["lora_alpha"]
     return r, alpha / r
 
 
@@ -87,15 +92,13 @@ def soup(adapters: list[tuple[Path, float]]) -> tuple[dict[str, torch.Tensor], d
 
 def _soup_config(first: dict, modules: list[str], ranks: dict[str, int]) -> dict:
     """``first``'s config with rank = the summed ranks and alpha = rank (scaling 1) for every module."""
-    default_rank = max(set(ranks.values()), key=list(ranks.values()).count)
-    pattern = {}
-    for name in first.get("rank_pattern") or {}:
-        matching = {ranks[m] for m in modules if m == name or m.endswith("." + name)}
-        if len(matching) != 1:
-            raise ValueError(f"rank_pattern {name!r}: its modules have ranks {sorted(matching)} in the soup")
-        pattern[name] = matching.pop()
-    if any(ranks[m] != default_rank for m in modules if not any(m == n or m.endswith("." + n) for n in pattern)):
-        raise ValueError("the soup's ranks differ between modules that no rank_pattern names")
+    by_key: dict[str | None, set[int]] = {}
+    for m in modules:
+        by_key.setdefault(_pattern(first.get("rank_pattern"), m), set()).add(ranks[m])
+    if any(len(found) != 1 for found in by_key.values()):
+        raise ValueError(f"modules under one rank_pattern key get different ranks in the soup: {by_key}")
+    pattern = {key: found.pop() for key, found in by_key.items() if key is not None}
+    default_rank = by_key[None].pop() if None in by_key else first["r"]
     return {
         **first,
         "r": default_rank,
