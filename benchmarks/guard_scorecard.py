@@ -3,8 +3,9 @@
 For a guard model scored by ``guardcal evaluate`` (its folder must hold ``openai-moderation:calib``,
 ``openai-moderation:test`` and ``xstest``), and for TF-IDF + logistic regression trained on the same
 rows as the guard (``--tfidf-train``: the 500 training rows, or the guard's training mix), this runs
-``guardcal calibrate --predictions`` with the same method, targets and split (calibrator on one part
-of the calibration split, Learn-Then-Test thresholds on the other), then reports on test and XSTest:
+``guardcal calibrate --predictions`` with the same method, targets and rows (calibrator on one part
+of the calibration split and Learn-Then-Test thresholds on the other, or both on all of it with
+``--threshold-rows all``), then reports on test and XSTest:
 accuracy and AUROC of the raw scores, ECE after calibration, and the share of inputs auto-decided
 under the certified thresholds with the error among them (and the same at the fixed confidence 0.8,
 the issue's TF-IDF reference point). Writes ``scorecard.json`` and ``scorecard.md``.
@@ -84,6 +85,7 @@ def card(predictions: Path, bundle_out: Path, args: argparse.Namespace) -> dict[
         target_error_unsafe=args.target_error_unsafe,
         delta=args.delta,
         threshold_share=args.threshold_share,
+        threshold_rows=args.threshold_rows,
         start_errors=args.start_errors,
         progress=False,
     )
@@ -114,10 +116,14 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
+    rows = (
+        "all of the calibration split, the calibrator's rows too"
+        if args.threshold_rows == "all"
+        else f"{args.threshold_share:.0%} of the calibration split"
+    )
     lines = [
         f"# Guard scorecard ({args.method}; α safe {args.target_error}, α unsafe "
-        f"{args.target_error_unsafe or args.target_error}, δ {args.delta}; thresholds on "
-        f"{args.threshold_share:.0%} of the calibration split)",
+        f"{args.target_error_unsafe or args.target_error}, δ {args.delta}; thresholds on {rows})",
         "",
         "| model | set | accuracy | AUROC | ECE (calibrated) | auto-decided (certified) | its error "
         "| auto-decided (conf ≥ 0.8) | its error |",
@@ -156,6 +162,9 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--threshold-share", type=float, default=0.5)
     parser.add_argument(
+        "--threshold-rows", choices=("held-out", "all"), default="held-out", help="as guardcal calibrate's"
+    )
+    parser.add_argument(
         "--start-errors", type=int, default=None, help="as guardcal calibrate's (default: chosen on calibrator rows)"
     )
     args = parser.parse_args()
@@ -176,6 +185,7 @@ def main() -> None:
             "target_error_unsafe",
             "delta",
             "threshold_share",
+            "threshold_rows",
             "start_errors",
             "tfidf_train",
         )

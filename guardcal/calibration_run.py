@@ -10,8 +10,21 @@ auto-decided ≤ α with probability ≥ 1 − δ) holds for a calibrator that i
 threshold rows are looked at. So the fit split is divided once, seeded and stratified by label
 (:func:`split_fit_rows`): the calibrator is fitted on one part and the thresholds are chosen on
 the other, and the bundle records which row ids served which purpose (``extra["split"]``). A
-fixed ``--threshold`` looks at no labels, so then every fit row fits the calibrator. Writes the bundle JSON
-and, with ``report``, a Markdown report with reliability diagrams before/after.
+fixed ``--threshold`` looks at no labels, so then every fit row fits the calibrator.
+
+``--threshold-rows all`` uses every fit row for both, which is sound only for a calibrator that keeps
+the raw score's order (:meth:`~guardcal.calibrate.base.Calibrator.keeps_score_order`: Platt with a
+positive slope, temperature; not isotonic, whose flat steps are fitted on the labels). Then each
+candidate threshold on the calibrated confidence selects the inputs whose raw P(unsafe) lies beyond
+a point, so the candidate sets and the order of the walk are the raw score's, which the labels did
+not choose; the calibrator only names the point on the calibrated scale. The walk stops at the
+calibrated 0.5 boundary, a data-dependent place, but every set the walk passes is certified together
+(fixed-sequence testing controls the error of the whole sequence), so stopping early keeps the
+guarantee. Where each label's walk starts is chosen without labels
+(:func:`~guardcal.calibrate.thresholds.label_free_start_errors` on the raw scores). The test gets
+all the rows instead of a share of them.
+
+Writes the bundle JSON and, with ``report``, a Markdown report with reliability diagrams before/after.
 
 With ``reviews`` (``--reviews reviews.sqlite3`` of ``guardcal serve --reviews``), reviewers' verdicts join the
 fit split as labelled rows scored by the server (:mod:`guardcal.calibrate.verdicts`), each weighted by the
@@ -36,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from guardcal.calibrate.base import make_calibrator
+from guardcal.calibrate.base import Calibrator, make_calibrator
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibrate.plots import plot_reliability, slug
 from guardcal.calibrate.thresholds import (
@@ -44,12 +57,13 @@ from guardcal.calibrate.thresholds import (
     choose_start_errors,
     escalation_shares,
     fixed_thresholds,
+    label_free_start_errors,
     risk_controlled_thresholds,
 )
 from guardcal.calibrate.verdicts import read_reviews, verdict_fit_rows
 from guardcal.core.examples import UNSAFE
 from guardcal.data.loaders import load_dataset
-from guardcal.errors import ConfigError
+from guardcal.errors import CalibrationError, ConfigError
 from guardcal.evaluate import (
     EvalConfig,
     add_calibrated,
@@ -59,6 +73,8 @@ from guardcal.evaluate import (
     prediction_rows,
     subsample,
 )
+
+THRESHOLD_ROWS = ("held-out", "all")
 
 
 @dataclass
@@ -77,6 +93,7 @@ class CalibrateConfig:
     target_error_unsafe: float | None = None
     delta: float = 0.1
     threshold_share: float = 0.5
+    threshold_rows: str = "held-out"  # or "all": every fit row fits the calibrator and chooses the thresholds
     split_seed: int = 0
     start_errors: int | None = None  # None: chosen per label on the calibrator's rows
     threshold: float | None = None
@@ -99,6 +116,14 @@ class CalibrateConfig:
             raise ConfigError(
                 f"--threshold-share must be in (0, 1), got {self.threshold_share}: the thresholds need rows the "
                 "calibrator was not fitted on, and the calibrator needs rows of its own (e.g. 0.5)"
+            )
+        if self.threshold_rows not in THRESHOLD_ROWS:
+            raise ConfigError(f"--threshold-rows must be one of {list(THRESHOLD_ROWS)}, got {self.threshold_rows!r}")
+        if self.threshold_rows == "all" and self.method == "isotonic":
+            raise ConfigError(
+                "--threshold-rows all needs a calibrator that keeps the raw score's order, and isotonic's flat steps "
+                "are fitted on the same labels the thresholds are tested on; use --method platt or temperature, or "
+                "--threshold-rows held-out"
             )
 
 
@@ -124,19 +149,31 @@ def split_fit_rows(
     return fit, held
 
 
+def fit_and_threshold_rows(
+    cfg: CalibrateConfig, fit: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(calibrator rows, threshold rows): all and none for a fixed threshold, all and all for
+    ``--threshold-rows all``, else the seeded split of :func:`split_fit_rows`."""
+    if cfg.threshold is not None:
+        return fit, []
+    if cfg.threshold_rows == "all":
+        return fit, fit
+    return split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
+
+
 def choose_thresholds(
     cfg: CalibrateConfig,
-    p_cal: np.ndarray,
-    y: np.ndarray,
-    p_fit: np.ndarray,
-    y_fit: np.ndarray,
-    weights: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+    calibrator: Calibrator,
+    threshold_rows: list[dict[str, Any]],
+    cal_rows: list[dict[str, Any]],
+    weighted: bool = False,
 ) -> Thresholds:
-    """Learn-Then-Test thresholds on ``(p_cal, y)``, rows the calibrator never saw.
+    """Learn-Then-Test thresholds on ``threshold_rows``, calibrated by ``calibrator`` (fitted on ``cal_rows``).
 
-    ``(p_fit, y_fit)`` are the calibrator's own rows, calibrated: with ``start_errors`` unset they pick
-    where each label's walk starts (:func:`choose_start_errors`), without looking at ``y``. ``weights``:
-    per-row weights of the threshold rows and of the calibrator's rows (None: unweighted).
+    Held-out threshold rows: with ``start_errors`` unset, the calibrator's own rows pick where each label's
+    walk starts (:func:`choose_start_errors`), without looking at the threshold rows' labels. The same rows
+    for both (``--threshold-rows all``): the calibrator must keep the raw score's order, and the start comes
+    from the raw scores alone (:func:`label_free_start_errors`). ``weighted``: rows carry review weights.
     """
     if cfg.threshold is not None:
         return fixed_thresholds(cfg.threshold)
@@ -145,13 +182,22 @@ def choose_thresholds(
         "delta": cfg.delta,
         "target_error_unsafe": cfg.target_error_unsafe,
     }
-    held, fitted = weights
-    start = (
-        cfg.start_errors
-        if cfg.start_errors is not None
-        else choose_start_errors(p_fit, y_fit, **targets, sample_weight=fitted)
-    )
-    return risk_controlled_thresholds(p_cal, y, **targets, start_errors=start, sample_weight=held)
+    held = _w(threshold_rows) if weighted else None
+    if cfg.threshold_rows == "all" and not calibrator.keeps_score_order():
+        raise CalibrationError(
+            f"the {calibrator.method} calibrator fitted here does not keep the raw score's order (a Platt slope <= 0 "
+            "means P(unsafe) ranks these rows backwards), so --threshold-rows all cannot certify on its own rows; "
+            "check the model and its label words, or use --threshold-rows held-out"
+        )
+    if cfg.start_errors is not None:
+        start: int | dict[str, int] = cfg.start_errors
+    elif cfg.threshold_rows == "all":
+        start = label_free_start_errors(_p(threshold_rows), **targets, sample_weight=held)
+    else:
+        fitted = _w(cal_rows) if weighted else None
+        start = choose_start_errors(calibrator.predict(_p(cal_rows)), _y(cal_rows), **targets, sample_weight=fitted)
+    p_cal = calibrator.predict(_p(threshold_rows))
+    return risk_controlled_thresholds(p_cal, _y(threshold_rows), **targets, start_errors=start, sample_weight=held)
 
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -233,28 +279,17 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     rows, identity = rows_from_predictions(cfg.predictions, keys, cfg.prompt) if cfg.predictions else score_rows(cfg)
     verdicts, provenance = review_rows(cfg.reviews, identity) if cfg.reviews else ([], None)
     fit = rows[cfg.fit_dataset] + verdicts
-    if cfg.threshold is None:
-        cal_rows, threshold_rows = split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
-    else:
-        cal_rows, threshold_rows = fit, []
+    cal_rows, threshold_rows = fit_and_threshold_rows(cfg, fit)
     weighted = bool(verdicts)
     calibrator = make_calibrator(cfg.method).fit(_p(cal_rows), _y(cal_rows), _w(cal_rows) if weighted else None)
-    thresholds = choose_thresholds(
-        cfg,
-        calibrator.predict(_p(threshold_rows)),
-        _y(threshold_rows),
-        calibrator.predict(_p(cal_rows)),
-        _y(cal_rows),
-        (_w(threshold_rows), _w(cal_rows)) if weighted else (None, None),
-    )
+    thresholds = choose_thresholds(cfg, calibrator, threshold_rows, cal_rows, weighted)
     scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
     profile = identity.pop("prompt_profile", None)
     split = {
-        "rule": "seeded split stratified by label (guardcal.calibration_run.split_fit_rows)"
-        if threshold_rows
-        else "fixed threshold: no threshold rows, every fit row fits the calibrator",
+        "rule": split_rule(cfg),
+        "threshold_rows": cfg.threshold_rows if threshold_rows else None,
         "seed": cfg.split_seed,
-        "threshold_share": cfg.threshold_share if threshold_rows else 0.0,
+        "threshold_share": threshold_share(cfg) if threshold_rows else 0.0,
         "calibrator_ids": [r["id"] for r in cal_rows],
         "threshold_ids": [r["id"] for r in threshold_rows],
     }
@@ -289,6 +324,23 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     return bundle
 
 
+def threshold_share(cfg: CalibrateConfig) -> float:
+    """The share of the fit rows the thresholds were chosen on (1.0 with ``--threshold-rows all``)."""
+    return 1.0 if cfg.threshold_rows == "all" else cfg.threshold_share
+
+
+def split_rule(cfg: CalibrateConfig) -> str:
+    """How the fit rows were shared between the calibrator and the thresholds, in words (the bundle's record)."""
+    if cfg.threshold is not None:
+        return "fixed threshold: no threshold rows, every fit row fits the calibrator"
+    if cfg.threshold_rows == "all":
+        return (
+            "every fit row fits the calibrator and chooses the thresholds: the calibrator keeps the raw score's "
+            "order (guardcal.calibration_run, --threshold-rows all)"
+        )
+    return "seeded split stratified by label (guardcal.calibration_run.split_fit_rows)"
+
+
 def review_rows(path: Path, identity: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The verdicts of a review store usable with this fit set's setting, and their provenance."""
     verdicts, provenance = verdict_fit_rows(read_reviews(path), identity, source=str(path))
@@ -318,13 +370,17 @@ def write_report(out: Path, bundle: CalibrationBundle, rows: dict[str, list[dict
     """report.md with before/after metrics, escalation coverage and reliability PNGs."""
     out.mkdir(parents=True, exist_ok=True)
     names = ("accuracy", "ece", "brier", "nll", "auroc_unsafe")
+    extra = bundle.extra
+    if extra["split"].get("threshold_rows") == "all":
+        shared = f"all {extra['fit_n']} rows fit the calibrator and choose the thresholds"
+    else:
+        n_cal, n_thresholds = extra["calibrator_n"], extra["threshold_n"]
+        shared = f"{n_cal} rows fit the calibrator, {n_thresholds} other rows choose the thresholds"
     lines = [
         f"# guardcal calibrate: {bundle.method}",
         "",
         f"model `{bundle.model_id}`, adapter `{bundle.adapter_hash}`, mode `{bundle.mode}`, "
-        f"prompt `{bundle.prompt_fingerprint}`; fitted on {bundle.extra['fit_dataset']} (n={bundle.extra['fit_n']}: "
-        f"{bundle.extra['calibrator_n']} rows fit the calibrator, {bundle.extra['threshold_n']} other rows choose "
-        "the thresholds)",
+        f"prompt `{bundle.prompt_fingerprint}`; fitted on {extra['fit_dataset']} (n={extra['fit_n']}: {shared})",
         "",
         "| dataset | stage | " + " | ".join(names) + " |",
         "|---" * (len(names) + 2) + "|",

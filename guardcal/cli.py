@@ -185,6 +185,14 @@ class CalibrateCommand(Command):
             help="share of the fit rows held out from the calibrator to choose the risk-controlled thresholds "
             "(the guarantee needs rows the calibrator has not seen; default 0.5)",
         )
+        parser.add_argument(
+            "--threshold-rows",
+            choices=("held-out", "all"),
+            default="held-out",
+            help="held-out: the thresholds are chosen on --threshold-share of the fit rows, which the calibrator "
+            "never sees; all: every fit row fits the calibrator and chooses the thresholds, sound for a "
+            "calibrator that keeps the raw score's order (platt, temperature; docs/calibration.md)",
+        )
         parser.add_argument("--split-seed", type=int, default=0, help="seed of that split (stratified by label)")
         parser.add_argument(
             "--start-errors",
@@ -232,6 +240,7 @@ class CalibrateCommand(Command):
             target_error_unsafe=args.target_error_unsafe,
             delta=args.delta,
             threshold_share=args.threshold_share,
+            threshold_rows=args.threshold_rows,
             split_seed=args.split_seed,
             start_errors=args.start_errors,
             threshold=args.threshold,

@@ -152,6 +152,16 @@ class Calibrator(ABC):
         obj._check_params()
         return obj
 
+    def keeps_score_order(self) -> bool:
+        """True when the fitted map is a fixed, strictly increasing function of the score's rank, with no
+        fitted flat steps: it orders inputs exactly as the raw score does (ties only where the raw score
+        ties, or inside the fixed clip of the score at ``1e-6`` / ``1 - 1e-6``). Then a threshold on the
+        calibrated confidence picks a set of inputs by raw-score rank alone, and the risk-controlled
+        thresholds may be chosen on the calibrator's own rows (``guardcal calibrate --threshold-rows all``).
+        False by default."""
+        self._require_fitted()
+        return False
+
     def _require_fitted(self) -> None:
         if not all(hasattr(self, name) for name in self._fitted_scalars + self._fitted_arrays):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit() or use calibrator_from_dict()")

@@ -81,6 +81,11 @@ class PlattCalibrator(Calibrator):
     def _predict(self, scores: FloatArray) -> FloatArray:
         return sigmoid(self.a_ * logit(scores, EPS) + self.b_)
 
+    def keeps_score_order(self) -> bool:
+        """True for a positive slope (a model whose P(unsafe) ranks the fit rows backwards gets ``a_ <= 0``)."""
+        self._require_fitted()
+        return self.a_ > 0.0
+
     def _check_params(self) -> None:
         self._check_init()
         super()._check_params()

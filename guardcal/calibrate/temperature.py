@@ -61,6 +61,11 @@ class TemperatureCalibrator(Calibrator):
     def _predict(self, scores: FloatArray) -> FloatArray:
         return sigmoid(logit(scores, EPS) / self.temperature_)
 
+    def keeps_score_order(self) -> bool:
+        """Always True: ``T > 0`` rescales the logit."""
+        self._require_fitted()
+        return True
+
     def _check_params(self) -> None:
         super()._check_params()
         if self.temperature_ <= 0.0:

@@ -445,14 +445,59 @@ def choose_start_errors(
     depends on the threshold rows' confidences only, never on their labels, and the guarantee of
     :func:`risk_controlled_thresholds` on those rows is unchanged. Ties go to the smaller value.
     """
-    best: dict[str, tuple[float, int]] = {}
+    targets = {"target_error": target_error, "delta": delta, "target_error_unsafe": target_error_unsafe}
+    return _most_covering(_covered_by_start(p_unsafe, labels, targets, choices, sample_weight), choices)
+
+
+def label_free_start_errors(
+    p_unsafe: ArrayLike,
+    *,
+    target_error: float,
+    delta: float,
+    target_error_unsafe: float | None = None,
+    choices: Sequence[int] = START_ERROR_CHOICES,
+    sample_weight: ArrayLike | None = None,
+    draws: int = 16,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Per predicted label, the ``start_errors`` that auto-decides the most rows when each row's label is drawn
+    from its own ``p_unsafe`` (``draws`` seeded draws, coverage summed), never from real labels.
+
+    For thresholds chosen on the calibrator's own rows (``guardcal calibrate --threshold-rows all``), where no
+    other labelled rows are left to choose on: pass the model's raw P(unsafe), which were fixed before these
+    rows' labels were seen, so the choice cannot depend on them. Ties go to the smaller value.
+    """
+    p = check_scores(p_unsafe, "p_unsafe")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise CalibrationError(f"draws must be a whole number >= 1, got {draws!r}")
+    targets = {"target_error": target_error, "delta": delta, "target_error_unsafe": target_error_unsafe}
+    rng = np.random.default_rng(seed)
+    total: dict[int, dict[str, float]] = {s: {SAFE: 0.0, UNSAFE: 0.0} for s in choices}
+    for _ in range(draws):
+        drawn = (rng.random(p.size) < p).astype(np.int64)
+        for s, covered in _covered_by_start(p, drawn, targets, choices, sample_weight).items():
+            for label in (SAFE, UNSAFE):
+                total[s][label] += covered[label]
+    return _most_covering(total, choices)
+
+
+def _covered_by_start(
+    p_unsafe: ArrayLike,
+    labels: ArrayLike,
+    targets: Mapping[str, Any],
+    choices: Sequence[int],
+    sample_weight: ArrayLike | None,
+) -> dict[int, dict[str, float]]:
+    """Rows auto-decided per predicted label, for each ``start_errors`` in ``choices``."""
+    covered: dict[int, dict[str, float]] = {}
     for s in choices:
         groups = risk_controlled_thresholds(
-            p_unsafe, labels, target_error=target_error, delta=delta,
-            target_error_unsafe=target_error_unsafe, start_errors=s, sample_weight=sample_weight,
-        ).details["groups"]  # fmt: skip
-        for label in (SAFE, UNSAFE):
-            covered = float(groups[label]["n_auto"])
-            if label not in best or covered > best[label][0]:
-                best[label] = (covered, s)
-    return {label: s for label, (_, s) in best.items()}
+            p_unsafe, labels, **targets, start_errors=s, sample_weight=sample_weight
+        ).details["groups"]
+        covered[s] = {label: float(groups[label]["n_auto"]) for label in (SAFE, UNSAFE)}
+    return covered
+
+
+def _most_covering(covered: Mapping[int, Mapping[str, float]], choices: Sequence[int]) -> dict[str, int]:
+    """Per label, the choice covering the most rows (the first of the largest in ``choices`` order)."""
+    return {label: max(choices, key=lambda s: (covered[s][label], -choices.index(s))) for label in (SAFE, UNSAFE)}

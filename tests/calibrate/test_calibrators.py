@@ -281,3 +281,19 @@ def test_loading_and_predicting_needs_numpy_only() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_keeps_score_order_only_without_fitted_steps_or_a_reversed_slope(fitted: dict[str, Calibrator]) -> None:
+    """What `guardcal calibrate --threshold-rows all` relies on: Platt (slope > 0) and temperature keep the raw
+    score's order, and a reloaded bundle's calibrator says the same; isotonic's fitted flat steps do not."""
+    assert fitted["platt"].keeps_score_order() and fitted["temperature"].keeps_score_order()
+    assert not fitted["isotonic"].keeps_score_order()
+    for method in ("platt", "temperature"):
+        assert calibrator_from_dict(fitted[method].to_dict()).keeps_score_order()
+    s = np.linspace(0.01, 0.99, 400)
+    backwards = PlattCalibrator().fit(s, (s < 0.5).astype(int))  # P(unsafe) ranks the labels backwards
+    assert backwards.a_ < 0 and not backwards.keeps_score_order()
+    scores = np.sort(np.random.default_rng(0).uniform(1e-6, 1 - 1e-6, 500))
+    assert np.all(np.diff(fitted["platt"].predict(scores)) > 0), "order kept strictly inside the clip"
+    with pytest.raises(NotFittedError):
+        PlattCalibrator().keeps_score_order()

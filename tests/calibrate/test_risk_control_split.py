@@ -76,29 +76,70 @@ def true_errors(bundle: CalibrationBundle, s: np.ndarray) -> list[float]:
     return errors
 
 
-def calibrate(tmp: Path, trial: int, method: str) -> CalibrationBundle:
+def calibrate(tmp: Path, trial: int, method: str, rows: str = "held-out") -> CalibrationBundle:
     s, y = draw(N_CAL, np.random.default_rng(trial))
-    folder = tmp / f"{method}-{trial}"
+    folder = tmp / f"{method}-{rows}-{trial}"
     write_predictions(folder, s, y)
     out = folder / "bundle.json"
     args = ["calibrate", "--predictions", str(folder), "--output", str(out), "--method", method]
     args += ["--fit-dataset", "sim:calib", "--eval-dataset", "sim:eval", "--no-progress"]
     args += ["--target-error", str(ALPHA), "--delta", str(DELTA), "--split-seed", str(trial)]
+    args += ["--threshold-rows", rows]
     assert main(args) == 0
     return CalibrationBundle.load(out)
 
 
-@pytest.mark.parametrize(("method", "trials"), [("isotonic", 200), ("platt", 200)])
-def test_violation_rate_at_most_delta(tmp_path: Path, method: str, trials: int) -> None:
+def violations_and_coverage(tmp: Path, method: str, trials: int, rows: str = "held-out") -> tuple[int, float]:
+    """Trials whose bundle breaks the guarantee on the population, and the mean share it auto-decides there."""
     population, _ = draw(50_000, np.random.default_rng(10_000))
     violations, coverage = 0, []
     for trial in range(trials):
-        bundle = calibrate(tmp_path, trial, method)
+        bundle = calibrate(tmp, trial, method, rows)
         violations += any(e > ALPHA for e in true_errors(bundle, population))
         coverage.append(bundle.get_thresholds().auto_mask(bundle.calibrator().predict(population)).mean())
-    print(f"{method}: {violations}/{trials} violations, mean coverage {np.mean(coverage):.3f}")
+    print(f"{method}, threshold rows {rows}: {violations}/{trials} violations, mean coverage {np.mean(coverage):.3f}")
+    return violations, float(np.mean(coverage))
+
+
+@pytest.mark.parametrize(("method", "trials"), [("isotonic", 200), ("platt", 200)])
+def test_violation_rate_at_most_delta(tmp_path: Path, method: str, trials: int) -> None:
+    violations, coverage = violations_and_coverage(tmp_path, method, trials)
     assert violations / trials <= DELTA, f"{method}: {violations}/{trials} trials broke the guarantee"
-    assert np.mean(coverage) > 0.1, "the simulation must auto-decide something, or it tests nothing"
+    assert coverage > 0.1, "the simulation must auto-decide something, or it tests nothing"
+
+
+def test_all_rows_keep_the_guarantee_and_certify_more(tmp_path: Path) -> None:
+    """--threshold-rows all: the calibrator and the thresholds share every row. The guarantee must still hold
+    (the candidate sets are the raw score's), and the test, with 300 rows instead of 150, must certify more.
+    (Temperature scaling selects the same raw-score sets here, so it would repeat Platt's numbers.)"""
+    method, trials = "platt", 200
+    violations, coverage = violations_and_coverage(tmp_path, method, trials, "all")
+    assert violations / trials <= DELTA, f"{method}: {violations}/{trials} trials broke the guarantee"
+    _, held_out = violations_and_coverage(tmp_path, method, 60)
+    assert coverage > held_out + 0.02, f"all rows auto-decide {coverage:.3f}, held-out rows {held_out:.3f}"
+
+
+def test_all_rows_bundle_records_that_every_row_did_both(tmp_path: Path) -> None:
+    bundle = calibrate(tmp_path, 0, "platt", "all")
+    split = bundle.extra["split"]
+    assert split["threshold_rows"] == "all" and split["threshold_share"] == 1.0
+    assert split["calibrator_ids"] == split["threshold_ids"] and len(split["threshold_ids"]) == N_CAL
+    details = bundle.get_thresholds().details
+    assert details["n"] == N_CAL, "Learn-Then-Test ran on every fit row"
+    assert set(details["start_errors"]) == {"safe", "unsafe"}
+
+
+def test_all_rows_refuse_a_calibrator_that_does_not_keep_the_score_order(tmp_path: Path, capsys) -> None:
+    s, y = draw(N_CAL, np.random.default_rng(0))
+    args = ["calibrate", "--output", str(tmp_path / "b.json"), "--fit-dataset", "sim:calib"]
+    args += ["--eval-dataset", "sim:eval", "--no-progress", "--threshold-rows", "all"]
+    write_predictions(tmp_path / "isotonic", s, y)
+    assert main([*args, "--predictions", str(tmp_path / "isotonic"), "--method", "isotonic"]) != 0
+    assert "isotonic's flat steps are fitted on the same labels" in capsys.readouterr().err
+    write_predictions(tmp_path / "backwards", s, 1 - y)  # P(unsafe) ranks these labels backwards: slope < 0
+    assert main([*args, "--predictions", str(tmp_path / "backwards"), "--method", "platt"]) != 0
+    err = capsys.readouterr().err
+    assert "does not keep the raw score's order" in err and "--threshold-rows held-out" in err
 
 
 def test_bundle_records_disjoint_split(tmp_path: Path) -> None:
@@ -191,3 +232,21 @@ def test_calibrate_warns_with_the_fit_rows_share_when_a_label_is_never_auto_deci
     assert "WARNING: the thresholds certify nothing for predicted-" in err
     assert f"on the {N_CAL} fit rows {100 * shares['escalate']:.1f}% escalate" in err
     assert "raise --target-error" in err
+
+
+def test_label_free_start_errors_reads_the_scores_only() -> None:
+    from guardcal.calibrate.thresholds import label_free_start_errors
+    from guardcal.errors import CalibrationError
+
+    targets = {"target_error": 0.05, "delta": 0.1}
+    # sure of every row: drawn labels agree with the scores, so the first testable start (0) covers the most
+    sure = np.concatenate([np.full(150, 1e-5), np.full(150, 1 - 1e-5)])
+    assert label_free_start_errors(sure, **targets) == {"safe": 0, "unsafe": 0}
+    # predicted-safe rows at P(unsafe) 0.01-0.03 (drawn errors come early, a later start absorbs them); the
+    # predicted-unsafe rows stay sure
+    unsure = np.concatenate([np.linspace(0.01, 0.03, 250), np.full(50, 1 - 1e-5)])
+    chosen = label_free_start_errors(unsure, **targets)
+    assert chosen["safe"] > 0 and chosen["unsafe"] == 0
+    assert label_free_start_errors(unsure, **targets) == chosen, "seeded: the same scores give the same start"
+    with pytest.raises(CalibrationError, match="draws"):
+        label_free_start_errors(unsure, **targets, draws=0)
