@@ -82,7 +82,7 @@ def summary(folds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--predictions", type=Path, required=True, help="guardcal evaluate folder with the calib split")
+    parser.add_argument("--predictions", type=Path, required=True, help="guardcal evaluate folder (calib split)")
     parser.add_argument("--method", default="platt", choices=("platt", "temperature"))
     parser.add_argument("--target-error", type=float, default=0.05)
     parser.add_argument("--target-error-unsafe", type=float)
