@@ -329,6 +329,14 @@ def threshold_share(cfg: CalibrateConfig) -> float:
     return 1.0 if cfg.threshold_rows == "all" else cfg.threshold_share
 
 
+def rows_sentence(extra: dict[str, Any]) -> str:
+    """Which fit rows fitted the calibrator and which chose the thresholds, for a bundle's ``extra``."""
+    if extra["split"].get("threshold_rows") == "all":
+        return f"all {extra['fit_n']} rows fit the calibrator and choose the thresholds"
+    n_cal, n_thresholds = extra["calibrator_n"], extra["threshold_n"]
+    return f"{n_cal} rows fit the calibrator, {n_thresholds} other rows choose the thresholds"
+
+
 def split_rule(cfg: CalibrateConfig) -> str:
     """How the fit rows were shared between the calibrator and the thresholds, in words (the bundle's record)."""
     if cfg.threshold is not None:
@@ -371,11 +379,7 @@ def write_report(out: Path, bundle: CalibrationBundle, rows: dict[str, list[dict
     out.mkdir(parents=True, exist_ok=True)
     names = ("accuracy", "ece", "brier", "nll", "auroc_unsafe")
     extra = bundle.extra
-    if extra["split"].get("threshold_rows") == "all":
-        shared = f"all {extra['fit_n']} rows fit the calibrator and choose the thresholds"
-    else:
-        n_cal, n_thresholds = extra["calibrator_n"], extra["threshold_n"]
-        shared = f"{n_cal} rows fit the calibrator, {n_thresholds} other rows choose the thresholds"
+    shared = rows_sentence(extra)
     lines = [
         f"# guardcal calibrate: {bundle.method}",
         "",

@@ -224,7 +224,7 @@ class CalibrateCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from guardcal.calibrate.thresholds import uncertified_warning
-        from guardcal.calibration_run import CalibrateConfig, run_calibration
+        from guardcal.calibration_run import CalibrateConfig, rows_sentence, run_calibration
         from guardcal.models.shipped import DEFAULT_REASONING_BUDGET
 
         cfg = CalibrateConfig(
@@ -261,7 +261,7 @@ class CalibrateCommand(Command):
         print(f"thresholds ({t['method']}): safe >= {t['safe']:.3f}, unsafe >= {t['unsafe']:.3f}")
         x = bundle.extra
         if x.get("threshold_n"):
-            print(f"calibrator fitted on {x['calibrator_n']} rows, thresholds chosen on {x['threshold_n']} other rows")
+            print(rows_sentence(x))
         if reviews := x.get("reviews"):
             kinds = ", ".join(f"{k['n']} {n} (weight {k['weight_sum']:g})" for n, k in reviews["by_kind"].items())
             print(f"verdicts used from {reviews['source']}: {kinds}; left out: {reviews['skipped']}")

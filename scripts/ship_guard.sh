@@ -3,7 +3,7 @@
 # test and XSTest splits once with it, fit the default bundle on the calibration split (calibrator
 # and Learn-Then-Test thresholds on disjoint halves), and write the scorecard beside TF-IDF.
 #
-#   [THRESHOLD_SHARE=0.5] scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
+#   [THRESHOLD_ROWS=held-out|all] [THRESHOLD_SHARE=0.5] scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
 #
 # RUN_DIR is a `guardcal train` output folder (adapter_config.json + adapter_model.safetensors), or a
 # scripts/probe_readout.py output folder.
@@ -17,6 +17,7 @@ ALPHA=${3:-0.05}
 ALPHA_UNSAFE=${4:-0.1}
 WINDOW=${5:-256}
 SHARE=${THRESHOLD_SHARE:-0.5}  # share of the calibration rows held out from the calibrator for the thresholds
+ROWS=${THRESHOLD_ROWS:-held-out}  # all: every calibration row fits the calibrator and chooses the thresholds
 BIN=${BIN:-.venv/bin}
 export GUARDCAL_DATA_DIR=${GUARDCAL_DATA_DIR:-$(cd ../shared/data && pwd)} HF_HUB_OFFLINE=1
 
@@ -46,11 +47,15 @@ if [ -f "$RUN/train_config.json" ]; then
         cp "$MANIFEST" "$OUT/training/training_data.json" ;;
     esac
 fi
+# the adapter the run started from: the shipped default, or a folder holding a trained adapter (e.g. an
+# earlier default extracted with git show, with its train_config.json and, where kept, its log.jsonl)
 if [ "$START" = default ]; then
-    cp "$PREV/train_config.json" "$ASSET/base_train_config.json"
-    cp "$PREV/train_config.json" "$OUT/training/base_train_config.json"
-    cp "$PREV/log.jsonl" "$OUT/training/base_log.jsonl"
     START=$PREV
+fi
+if [ -n "$START" ] && [ -f "$START/train_config.json" ]; then
+    cp "$START/train_config.json" "$ASSET/base_train_config.json"
+    cp "$START/train_config.json" "$OUT/training/base_train_config.json"
+    if [ -f "$START/log.jsonl" ]; then cp "$START/log.jsonl" "$OUT/training/base_log.jsonl"; fi
 fi
 if [ -n "$START" ] && [ -f "$START/probe_readout.json" ]; then
     cp "$START/probe_readout.json" "$ASSET/"
@@ -67,7 +72,7 @@ else
 fi
 "$BIN/python" benchmarks/guard_scorecard.py --predictions "$OUT/eval" --name guard --output "$OUT" \
     --tfidf-train "${DATA:-openai-moderation:train}" \
-    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE"
+    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" --threshold-rows "$ROWS"
 "$BIN/guardcal" calibrate --predictions "$OUT/eval" --adapter default --max-input-tokens "$WINDOW" \
-    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" \
+    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" --threshold-rows "$ROWS" \
     --output guardcal/assets/default_bundle.json --report "$OUT/calibrate"

@@ -119,8 +119,9 @@ def test_all_rows_keep_the_guarantee_and_certify_more(tmp_path: Path) -> None:
     assert coverage > held_out + 0.02, f"all rows auto-decide {coverage:.3f}, held-out rows {held_out:.3f}"
 
 
-def test_all_rows_bundle_records_that_every_row_did_both(tmp_path: Path) -> None:
+def test_all_rows_bundle_records_that_every_row_did_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = calibrate(tmp_path, 0, "platt", "all")
+    assert f"all {N_CAL} rows fit the calibrator and choose the thresholds" in capsys.readouterr().out
     split = bundle.extra["split"]
     assert split["threshold_rows"] == "all" and split["threshold_share"] == 1.0
     assert split["calibrator_ids"] == split["threshold_ids"] and len(split["threshold_ids"]) == N_CAL

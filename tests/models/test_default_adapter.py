@@ -38,10 +38,11 @@ def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
     lora = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text())
     assert (lora["r"], lora["lora_alpha"], lora["peft_type"]) == (16, 32, "LORA")
     assert lora["rank_pattern"] == {"lm_head": 2}  # the probe readout (+ label-mass boost) on the LM head
-    # v3: the v2 guard (--adapter default) continued for one epoch on the mix with the contrast requests
+    # v4 (g1): the v2 guard (extracted to runs/adapters/v2) continued for one epoch on the mix with the contrast
+    # requests, seed 1 (v3's recipe with another seed)
     cfg = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
     assert (cfg["method"], cfg["profile"], cfg["epochs"], cfg["learning_rate"]) == ("sft", "guard", 1, 1e-4)
-    assert cfg["adapter"] == "default"
+    assert cfg["adapter"] == "runs/adapters/v2" and cfg["seed"] == 1
     base = json.loads((DEFAULT_ADAPTER / "base_train_config.json").read_text())
     assert (base["method"], base["profile"], base["epochs"], base["learning_rate"]) == ("sft", "guard", 3, 2e-4)
     assert base["adapter"]  # v2 went on from the probe readout, not from a fresh LoRA

@@ -1,7 +1,7 @@
 """Issue 22 "Done when": the review loop end to end, on a real ``guardcal serve`` with the real default model.
 
 The server runs the shipped adapter and a copy of the shipped bundle (it allows inputs at calibrated
-confidence >= 0.899 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
+confidence >= 0.846 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
 produce both escalations and audit samples (every allow). Then: three escalations are labelled through
 the browser console (Debian's Chromium driven by Playwright), the rest through the API, with a SIGKILL of
 the server between two API verdicts (none is lost; the restarted server goes on); ``guardcal calibrate
@@ -38,11 +38,13 @@ REAL_HOME = os.environ.get("GUARDCAL_HOME") or str(Path.home() / ".cache" / "gua
 ALICE, BOB = "alice-review-key-e2e-0123456789", "bob-review-key-e2e-0123456789"
 CLASSIFY, INTERNAL = "classify-key-e2e-0123456789", "internal-key-e2e-0123456789"
 KEYS = f"{ALICE}:review@alice,{BOB}:review@bob,{CLASSIFY}:classify,{INTERNAL}:internal"
-#: OpenAI Moderation test rows: P(unsafe) 0.23-0.40 under the shipped guard (escalated), and <= 2e-4 (allowed)
+#: OpenAI Moderation test rows: P(unsafe) 0.18-0.39 under the shipped guard (escalated), and <= 3e-4 (allowed)
 ESCALATED = ["oai-6", "oai-10", "oai-12", "oai-22"]
 CONFIDENT = ["oai-1125", "oai-1290", "oai-1130"]
-#: the refit's target for allowed inputs: the shipped 0.1 certifies nothing on the 307-row split the refit
-#: draws (calibration rows + these 7 verdicts), so every input would escalate and none would be audited
+#: the refit's target for allowed inputs. The refit draws 307 rows (calibration rows + these 7 verdicts), all of
+#: them fitting the calibrator and choosing the thresholds as for the shipped bundle. There the shipped 0.1
+#: certifies nothing (the walk's label-free start lands where its errors are already borderline), so every
+#: input would escalate and none would be audited (results/guard/refit_review_split.json)
 REFIT_ALPHA = 0.15
 
 
@@ -191,7 +193,7 @@ def _refit_and_swap(server: ServeProcess, tmp_path: Path, bundle: Path) -> str:
     refit = tmp_path / "refit.json"
     cmd = [sys.executable, "-m", "guardcal.cli", "calibrate", "--predictions", str(PREDICTIONS),
            "--reviews", str(tmp_path / "reviews.sqlite3"), "--method", "platt", "--target-error", str(REFIT_ALPHA),
-           "--target-error-unsafe", "0.2", "--threshold-share", "0.667", "--eval-dataset", "openai-moderation:test",
+           "--target-error-unsafe", "0.2", "--threshold-rows", "all", "--eval-dataset", "openai-moderation:test",
            "--output", str(refit), "--no-progress"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
