@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Ship a trained adapter as the default guard: copy it into the package, score the calibration,
 # test and XSTest splits once with it, fit the default bundle on the calibration split (calibrator
-# and Learn-Then-Test thresholds on disjoint halves), and write the scorecard beside TF-IDF.
+# and Learn-Then-Test thresholds on disjoint parts, or both on every row with THRESHOLD_ROWS=all),
+# and write the scorecard beside TF-IDF.
 #
-#   [THRESHOLD_ROWS=held-out|all] [THRESHOLD_SHARE=0.5] scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
+#   [THRESHOLD_ROWS=held-out|all] [THRESHOLD_SHARE=0.5] \
+#       scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
 #
 # RUN_DIR is a `guardcal train` output folder (adapter_config.json + adapter_model.safetensors), or a
 # scripts/probe_readout.py output folder.
@@ -72,7 +74,9 @@ else
 fi
 "$BIN/python" benchmarks/guard_scorecard.py --predictions "$OUT/eval" --name guard --output "$OUT" \
     --tfidf-train "${DATA:-openai-moderation:train}" \
-    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" --threshold-rows "$ROWS"
+    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" \
+    --threshold-share "$SHARE" --threshold-rows "$ROWS"
 "$BIN/guardcal" calibrate --predictions "$OUT/eval" --adapter default --max-input-tokens "$WINDOW" \
-    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" --threshold-share "$SHARE" --threshold-rows "$ROWS" \
+    --method "$METHOD" --target-error "$ALPHA" --target-error-unsafe "$ALPHA_UNSAFE" \
+    --threshold-share "$SHARE" --threshold-rows "$ROWS" \
     --output guardcal/assets/default_bundle.json --report "$OUT/calibrate"

@@ -153,9 +153,10 @@ class Calibrator(ABC):
         return obj
 
     def keeps_score_order(self) -> bool:
-        """True when the fitted map is a fixed, strictly increasing function of the score's rank, with no
-        fitted flat steps: it orders inputs exactly as the raw score does (ties only where the raw score
-        ties, or inside the fixed clip of the score at ``1e-6`` / ``1 - 1e-6``). Then a threshold on the
+        """True when the fitted map is strictly increasing in the raw score, with no fitted flat steps: it
+        orders inputs exactly as the raw score does (ties only where the raw score ties, inside a fixed
+        clip of the score such as Platt's ``1e-6`` / ``1 - 1e-6``, or where float64 rounds two outputs
+        together). Then a threshold on the
         calibrated confidence picks a set of inputs by raw-score rank alone, and the risk-controlled
         thresholds may be chosen on the calibrator's own rows (``guardcal calibrate --threshold-rows all``).
         False by default."""
