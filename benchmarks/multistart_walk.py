@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from rich.progress import track
-from scipy.special import expit, logit
 
+from benchmarks.risk_simulation import coverage, draw, population, true_errors
 from guardcal.calibrate.base import Calibrator, make_calibrator
 from guardcal.calibrate.thresholds import (
     Thresholds,
@@ -72,39 +72,18 @@ def four_starts(
 WALKS: dict[str, Walk] = {"one start": one_start, "four starts": four_starts}
 
 
-def truth(s: NDArray[np.float64]) -> NDArray[np.float64]:
-    """P(unsafe | raw score), as in tests/calibrate/test_risk_control_split.py."""
-    return 0.02 + 0.96 * expit(0.8 * logit(s))
-
-
-def draw(n: int, rng: np.random.Generator) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    s = rng.beta(0.25, 0.25, n).clip(1e-6, 1 - 1e-6)
-    return s, (rng.random(n) < truth(s)).astype(np.int64)
-
-
-def broken(calibrator: Calibrator, thresholds: Thresholds, population: NDArray[np.float64], alpha: float) -> bool:
-    """True when the true error among auto-decided population inputs of some predicted label exceeds alpha."""
-    p = calibrator.predict(population)
-    auto, unsafe, g = thresholds.auto_mask(p), p >= 0.5, truth(population)
-    for label_unsafe in (False, True):
-        m = auto & (unsafe == label_unsafe)
-        if m.any() and float(np.mean(1 - g[m] if label_unsafe else g[m])) > alpha:
-            return True
-    return False
-
-
 def simulation(trials: int, alpha: float, delta: float) -> dict[str, dict[str, float]]:
-    population, _ = draw(50_000, np.random.default_rng(10_000))
+    judged_on = population()
     out = {}
     for name, walk in WALKS.items():
-        violations, coverage = 0, []
+        violations, covered = 0, []
         for trial in track(range(trials), description=f"simulation, {name}"):
             calibrator, thresholds = walk(
                 *draw(300, np.random.default_rng(trial)), {"target_error": alpha, "delta": delta}
             )
-            violations += broken(calibrator, thresholds, population, alpha)
-            coverage.append(float(thresholds.auto_mask(calibrator.predict(population)).mean()))
-        out[name] = {"violation_rate": violations / trials, "coverage": float(np.mean(coverage))}
+            violations += any(e > alpha for e in true_errors(calibrator, thresholds, judged_on))
+            covered.append(coverage(calibrator, thresholds, judged_on))
+        out[name] = {"violation_rate": violations / trials, "coverage": float(np.mean(covered))}
     return out
 
 

@@ -5,7 +5,7 @@ calibrator never sees (``--threshold-rows held-out``) or, for a calibrator that 
 order, on every fit row (``all``). Both keep the guarantee; the question is which auto-decides more
 of the inputs it has not seen. This splits a guard's calibration rows in two halves many times
 (seeded, stratified by label), fits each design on one half with ``guardcal calibrate``'s own code
-(:func:`guardcal.calibration_run.fit_and_threshold_rows` and :func:`~guardcal.calibration_run.choose_thresholds`)
+(:class:`guardcal.calibration_run.RowUse` and :func:`~guardcal.calibration_run.choose_thresholds`)
 and measures on the other half the share auto-decided and the error among those. It reads only the
 calibration split, so it can choose the design before the test split is scored.
 
@@ -28,8 +28,8 @@ from guardcal.calibrate.base import make_calibrator
 from guardcal.calibrate.thresholds import coverage_and_error
 from guardcal.calibration_run import (
     CalibrateConfig,
+    RowUse,
     choose_thresholds,
-    fit_and_threshold_rows,
     rows_from_predictions,
     split_fit_rows,
 )
@@ -56,11 +56,11 @@ def one_fold(rows: list[dict[str, Any]], fold: int, args: argparse.Namespace) ->
             threshold_rows=design,
             split_seed=fold,
         )
-        cal_rows, threshold_rows = fit_and_threshold_rows(cfg, train)
+        use = RowUse.of(cfg, train)
         calibrator = make_calibrator(args.method).fit(
-            [r["p_unsafe"] for r in cal_rows], [r["label"] == UNSAFE for r in cal_rows]
+            [r["p_unsafe"] for r in use.calibrator_rows], [r["label"] == UNSAFE for r in use.calibrator_rows]
         )
-        thresholds = choose_thresholds(cfg, calibrator, threshold_rows, cal_rows)
+        thresholds = choose_thresholds(cfg, calibrator, use)
         out[design] = coverage_and_error(calibrator.predict(p), y, thresholds)
     return out
 

@@ -149,41 +149,68 @@ def split_fit_rows(
     return fit, held
 
 
-def fit_and_threshold_rows(
-    cfg: CalibrateConfig, fit: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(calibrator rows, threshold rows): all and none for a fixed threshold, all and all for
-    ``--threshold-rows all``, else the seeded split of :func:`split_fit_rows`."""
-    if cfg.threshold is not None:
-        return fit, []
-    if cfg.threshold_rows == "all":
-        return fit, fit
-    return split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
+RULES = {
+    "fixed": "fixed threshold: no threshold rows, every fit row fits the calibrator",
+    "held-out": "seeded split stratified by label (guardcal.calibration_run.split_fit_rows)",
+    "all": (
+        "every fit row fits the calibrator and chooses the thresholds: the calibrator keeps the raw score's "
+        "order (guardcal.calibration_run, --threshold-rows all)"
+    ),
+}
 
 
-def choose_thresholds(
-    cfg: CalibrateConfig,
-    calibrator: Calibrator,
-    threshold_rows: list[dict[str, Any]],
-    cal_rows: list[dict[str, Any]],
-    weighted: bool = False,
-) -> Thresholds:
-    """Learn-Then-Test thresholds on ``threshold_rows``, calibrated by ``calibrator`` (fitted on ``cal_rows``).
+@dataclass(frozen=True)
+class RowUse:
+    """Which fit rows fit the calibrator and which choose the thresholds, decided once (:meth:`of`).
+
+    ``mode``: ``fixed`` (a fixed ``--threshold`` reads no labels: every row fits the calibrator, none chooses),
+    ``held-out`` (the seeded split of :func:`split_fit_rows`) or ``all`` (every row does both)."""
+
+    mode: str
+    calibrator_rows: list[dict[str, Any]]
+    threshold_rows: list[dict[str, Any]]
+    seed: int
+    share: float
+
+    @classmethod
+    def of(cls, cfg: CalibrateConfig, fit: list[dict[str, Any]]) -> RowUse:
+        if cfg.threshold is not None:
+            return cls("fixed", fit, [], cfg.split_seed, 0.0)
+        if cfg.threshold_rows == "all":
+            return cls("all", fit, fit, cfg.split_seed, 1.0)
+        cal_rows, threshold_rows = split_fit_rows(fit, cfg.threshold_share, cfg.split_seed)
+        return cls("held-out", cal_rows, threshold_rows, cfg.split_seed, cfg.threshold_share)
+
+    def record(self) -> dict[str, Any]:
+        """The bundle's ``extra["split"]``: the rule in words, and which row ids served which purpose."""
+        return {
+            "rule": RULES[self.mode],
+            "threshold_rows": None if self.mode == "fixed" else self.mode,
+            "seed": self.seed,
+            "threshold_share": self.share,
+            "calibrator_ids": [r["id"] for r in self.calibrator_rows],
+            "threshold_ids": [r["id"] for r in self.threshold_rows],
+        }
+
+
+def choose_thresholds(cfg: CalibrateConfig, calibrator: Calibrator, use: RowUse, weighted: bool = False) -> Thresholds:
+    """Learn-Then-Test thresholds on ``use.threshold_rows``, calibrated by ``calibrator`` (fitted on
+    ``use.calibrator_rows``).
 
     Held-out threshold rows: with ``start_errors`` unset, the calibrator's own rows pick where each label's
     walk starts (:func:`choose_start_errors`), without looking at the threshold rows' labels. The same rows
     for both (``--threshold-rows all``): the calibrator must keep the raw score's order, and the start comes
     from the raw scores alone (:func:`label_free_start_errors`). ``weighted``: rows carry review weights.
     """
-    if cfg.threshold is not None:
+    if cfg.threshold is not None:  # use.mode == "fixed"
         return fixed_thresholds(cfg.threshold)
     targets: dict[str, Any] = {
         "target_error": cfg.target_error,
         "delta": cfg.delta,
         "target_error_unsafe": cfg.target_error_unsafe,
     }
-    held = _w(threshold_rows) if weighted else None
-    if cfg.threshold_rows == "all" and not calibrator.keeps_score_order():
+    held = _w(use.threshold_rows) if weighted else None
+    if use.mode == "all" and not calibrator.keeps_score_order():
         raise CalibrationError(
             f"the {calibrator.method} calibrator fitted here does not keep the raw score's order (a Platt slope <= 0 "
             "means P(unsafe) ranks these rows backwards), so --threshold-rows all cannot certify on its own rows; "
@@ -191,13 +218,14 @@ def choose_thresholds(
         )
     if cfg.start_errors is not None:
         start: int | dict[str, int] = cfg.start_errors
-    elif cfg.threshold_rows == "all":
-        start = label_free_start_errors(_p(threshold_rows), **targets, sample_weight=held)
+    elif use.mode == "all":
+        start = label_free_start_errors(_p(use.threshold_rows), **targets, sample_weight=held)
     else:
-        fitted = _w(cal_rows) if weighted else None
-        start = choose_start_errors(calibrator.predict(_p(cal_rows)), _y(cal_rows), **targets, sample_weight=fitted)
-    p_cal = calibrator.predict(_p(threshold_rows))
-    return risk_controlled_thresholds(p_cal, _y(threshold_rows), **targets, start_errors=start, sample_weight=held)
+        fitted = _w(use.calibrator_rows) if weighted else None
+        p_fitted = calibrator.predict(_p(use.calibrator_rows))
+        start = choose_start_errors(p_fitted, _y(use.calibrator_rows), **targets, sample_weight=fitted)
+    p_cal = calibrator.predict(_p(use.threshold_rows))
+    return risk_controlled_thresholds(p_cal, _y(use.threshold_rows), **targets, start_errors=start, sample_weight=held)
 
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -279,20 +307,13 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     rows, identity = rows_from_predictions(cfg.predictions, keys, cfg.prompt) if cfg.predictions else score_rows(cfg)
     verdicts, provenance = review_rows(cfg.reviews, identity) if cfg.reviews else ([], None)
     fit = rows[cfg.fit_dataset] + verdicts
-    cal_rows, threshold_rows = fit_and_threshold_rows(cfg, fit)
+    use = RowUse.of(cfg, fit)
     weighted = bool(verdicts)
+    cal_rows = use.calibrator_rows
     calibrator = make_calibrator(cfg.method).fit(_p(cal_rows), _y(cal_rows), _w(cal_rows) if weighted else None)
-    thresholds = choose_thresholds(cfg, calibrator, threshold_rows, cal_rows, weighted)
+    thresholds = choose_thresholds(cfg, calibrator, use, weighted)
     scoring = {k: identity.pop(k) for k in ("dtype", "max_new_tokens", "max_input_tokens")}
     profile = identity.pop("prompt_profile", None)
-    split = {
-        "rule": split_rule(cfg),
-        "threshold_rows": cfg.threshold_rows if threshold_rows else None,
-        "seed": cfg.split_seed,
-        "threshold_share": threshold_share(cfg) if threshold_rows else 0.0,
-        "calibrator_ids": [r["id"] for r in cal_rows],
-        "threshold_ids": [r["id"] for r in threshold_rows],
-    }
     bundle = CalibrationBundle.from_fitted(
         calibrator,
         thresholds,
@@ -301,8 +322,8 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
             "fit_dataset": cfg.fit_dataset,
             "fit_n": len(fit),
             "calibrator_n": len(cal_rows),
-            "threshold_n": len(threshold_rows),
-            "split": split,
+            "threshold_n": len(use.threshold_rows),
+            "split": use.record(),
             "fit_escalation": escalation_shares(thresholds, calibrator.predict(_p(fit)), "fit"),
             "adapter": cfg.adapter,
             **scoring,
@@ -324,29 +345,12 @@ def run_calibration(cfg: CalibrateConfig) -> CalibrationBundle:
     return bundle
 
 
-def threshold_share(cfg: CalibrateConfig) -> float:
-    """The share of the fit rows the thresholds were chosen on (1.0 with ``--threshold-rows all``)."""
-    return 1.0 if cfg.threshold_rows == "all" else cfg.threshold_share
-
-
 def rows_sentence(extra: dict[str, Any]) -> str:
     """Which fit rows fitted the calibrator and which chose the thresholds, for a bundle's ``extra``."""
     if extra["split"].get("threshold_rows") == "all":
         return f"all {extra['fit_n']} rows fit the calibrator and choose the thresholds"
     n_cal, n_thresholds = extra["calibrator_n"], extra["threshold_n"]
     return f"{n_cal} rows fit the calibrator, {n_thresholds} other rows choose the thresholds"
-
-
-def split_rule(cfg: CalibrateConfig) -> str:
-    """How the fit rows were shared between the calibrator and the thresholds, in words (the bundle's record)."""
-    if cfg.threshold is not None:
-        return "fixed threshold: no threshold rows, every fit row fits the calibrator"
-    if cfg.threshold_rows == "all":
-        return (
-            "every fit row fits the calibrator and chooses the thresholds: the calibrator keeps the raw score's "
-            "order (guardcal.calibration_run, --threshold-rows all)"
-        )
-    return "seeded split stratified by label (guardcal.calibration_run.split_fit_rows)"
 
 
 def review_rows(path: Path, identity: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

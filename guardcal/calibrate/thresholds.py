@@ -251,6 +251,43 @@ def _counts(
     return n_rows, n_eff, k_eff
 
 
+def _p_values(
+    conf: NDArray[np.float64],
+    wrong: NDArray[np.bool_],
+    alpha: float,
+    grid: NDArray[np.float64],
+    weights: NDArray[np.float64] | None,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per candidate of ``grid`` (sorted high to low): rows auto-decided, the test's sample size and errors,
+    and the binomial p-value of "error <= alpha". None of it depends on where the walk starts."""
+    from scipy.stats import binom  # calibration-time only
+
+    n_rows, n, k = _counts(conf, wrong, grid, weights)
+    return n_rows, n, k, (binom.cdf(k, n, alpha) if weights is None else binom_cdf(k, n, alpha))
+
+
+def _first_testable(
+    n: NDArray[np.float64], alpha: float, delta: float, start_errors: int, weighted: bool
+) -> int | None:
+    """Where the walk starts: the first candidate at which ``start_errors`` errors could still be rejected
+    (None: at none). It reads the sample sizes only, never the errors."""
+    from scipy.stats import binom  # calibration-time only
+
+    could_reject = binom_cdf(start_errors, n, alpha) if weighted else binom.cdf(start_errors, n, alpha)
+    testable = np.flatnonzero(could_reject <= delta)
+    return int(testable[0]) if testable.size else None
+
+
+def _walk(first: int | None, p_values: NDArray[np.float64], delta: float) -> int | None:
+    """Fixed-sequence testing from ``first``: the index of the last candidate passed before the first
+    p-value above ``delta`` (None: nothing passed)."""
+    if first is None:
+        return None
+    failed = np.flatnonzero(p_values[first:] > delta)
+    last = first + (int(failed[0]) if failed.size else p_values.size - first) - 1
+    return last if last >= first else None
+
+
 def _ltt(
     conf: NDArray[np.float64],
     wrong: NDArray[np.bool_],
@@ -261,21 +298,8 @@ def _ltt(
     weights: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """Fixed-sequence LTT on one group; ``grid`` sorted high to low. Returns the group's facts."""
-    from scipy.stats import binom  # calibration-time only
-
-    n_rows, n, k = _counts(conf, wrong, grid, weights)
-    if weights is None:
-        p_values = binom.cdf(k, n, alpha)
-        could_reject = binom.cdf(start_errors, n, alpha)
-    else:
-        p_values, could_reject = binom_cdf(k, n, alpha), binom_cdf(start_errors, n, alpha)
-    testable = np.flatnonzero(could_reject <= delta)  # could reject with start_errors errors
-    chosen: int | None = None
-    if testable.size:
-        for i in range(testable[0], grid.size):
-            if p_values[i] > delta:
-                break
-            chosen = i
+    n_rows, n, k, p_values = _p_values(conf, wrong, alpha, grid, weights)
+    chosen = _walk(_first_testable(n, alpha, delta, start_errors, weights is not None), p_values, delta)
     met = chosen is not None
     i = chosen if chosen is not None else 0
     threshold = float(grid[i]) if met else 1.0
@@ -307,6 +331,26 @@ def _start_errors(value: int | Mapping[str, int]) -> dict[str, int]:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise CalibrationError(f"start_errors must be a whole number >= 0, got {s!r} for {label}")
     return per_label
+
+
+class _Groups:
+    """The groups a walk runs on (``safe``/``unsafe``: the rows of that predicted label; ``all``), read from the
+    scores alone: per group its rows' confidences, candidate thresholds (high to low) and weights.
+    :meth:`wrong` adds the labels."""
+
+    def __init__(
+        self, p: NDArray[np.float64], candidates: NDArray[np.float64] | None, weights: NDArray[np.float64] | None
+    ) -> None:
+        conf, self.pred_unsafe = confidence(p), p >= 0.5
+        self.masks = {SAFE: ~self.pred_unsafe, UNSAFE: self.pred_unsafe, "all": np.ones(p.size, dtype=bool)}
+        self.rows: dict[str, tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None]] = {}
+        for name, mask in self.masks.items():
+            values = np.unique(np.append(conf[mask], 1.0)) if candidates is None else np.unique(candidates)
+            self.rows[name] = (conf[mask], values[::-1], None if weights is None else weights[mask])
+
+    def wrong(self, name: str, y: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which of the group's rows the 0.5 boundary gets wrong under labels ``y``."""
+        return (self.pred_unsafe != (y == 1))[self.masks[name]]
 
 
 def risk_controlled_thresholds(
@@ -359,24 +403,22 @@ def risk_controlled_thresholds(
     alpha_safe, alpha_unsafe, delta = _targets(target_error, target_error_unsafe, delta, per_label)
     starts = _start_errors(start_errors)
     candidates = _grid(grid)
-    conf, pred_unsafe = confidence(p), p >= 0.5
-    wrong = pred_unsafe != (y == 1)
     weights = None if sample_weight is None else _weights(sample_weight, p.size)
+    walked = _Groups(p, candidates, weights)
 
-    def group(mask: NDArray[np.bool_], alpha: float, level: float, start: int) -> dict[str, Any]:
-        values = np.unique(np.append(conf[mask], 1.0)) if candidates is None else np.unique(candidates)
-        w = None if weights is None else weights[mask]
-        return {**_ltt(conf[mask], wrong[mask], alpha, level, values[::-1], start, w), "start_errors": start}
+    def group(name: str, alpha: float, level: float, start: int) -> dict[str, Any]:
+        conf, values, w = walked.rows[name]
+        return {**_ltt(conf, walked.wrong(name, y), alpha, level, values, start, w), "start_errors": start}
 
     if per_label:
         groups = {
-            SAFE: group(~pred_unsafe, alpha_safe, delta / 2.0, starts[SAFE]),
-            UNSAFE: group(pred_unsafe, alpha_unsafe, delta / 2.0, starts[UNSAFE]),
+            SAFE: group(SAFE, alpha_safe, delta / 2.0, starts[SAFE]),
+            UNSAFE: group(UNSAFE, alpha_unsafe, delta / 2.0, starts[UNSAFE]),
         }
         safe_t, unsafe_t = groups[SAFE]["threshold"], groups[UNSAFE]["threshold"]
         failed = [label for label in (SAFE, UNSAFE) if not groups[label]["met"]]
     else:
-        groups = {"all": group(np.ones(p.size, dtype=bool), alpha_safe, delta, max(starts.values()))}
+        groups = {"all": group("all", alpha_safe, delta, max(starts.values()))}
         safe_t = unsafe_t = groups["all"]["threshold"]
         failed = [] if groups["all"]["met"] else [SAFE, UNSAFE]
     flags = [f"{name}: {NO_THRESHOLD_FLAG}" for name, g in groups.items() if not g["met"]]
@@ -445,8 +487,9 @@ def choose_start_errors(
     depends on the threshold rows' confidences only, never on their labels, and the guarantee of
     :func:`risk_controlled_thresholds` on those rows is unchanged. Ties go to the smaller value.
     """
-    targets = {"target_error": target_error, "delta": delta, "target_error_unsafe": target_error_unsafe}
-    return _most_covering(_covered_by_start(p_unsafe, labels, targets, choices, sample_weight), choices)
+    p, y = check_calibration_set(p_unsafe, labels, need_both_classes=False)
+    walks = _StartWalks(p, target_error, target_error_unsafe, delta, choices, sample_weight)
+    return _most_covering(walks.covered(y), choices)
 
 
 def label_free_start_errors(
@@ -457,7 +500,7 @@ def label_free_start_errors(
     target_error_unsafe: float | None = None,
     choices: Sequence[int] = START_ERROR_CHOICES,
     sample_weight: ArrayLike | None = None,
-    draws: int = 16,
+    draws: int = 256,
     seed: int = 0,
 ) -> dict[str, int]:
     """Per predicted label, the ``start_errors`` that auto-decides the most rows when each row's label is drawn
@@ -466,36 +509,58 @@ def label_free_start_errors(
     For thresholds chosen on the calibrator's own rows (``guardcal calibrate --threshold-rows all``), where no
     other labelled rows are left to choose on: pass the model's raw P(unsafe), which were fixed before these
     rows' labels were seen, so the choice cannot depend on them. Ties go to the smaller value.
+
+    ``draws``: 256 by default (about 0.2 s for 300 rows). With 16 the pick changed with the seed: on one guard's
+    calibration rows 3 seeds in 30 certified nothing; with 256 all 30 certified the same threshold, and on the
+    simulation the walk auto-decided 37.9% of the population instead of 30.8% (``benchmarks/start_rule.py``).
     """
     p = check_scores(p_unsafe, "p_unsafe")
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise CalibrationError(f"draws must be a whole number >= 1, got {draws!r}")
-    targets = {"target_error": target_error, "delta": delta, "target_error_unsafe": target_error_unsafe}
+    walks = _StartWalks(p, target_error, target_error_unsafe, delta, choices, sample_weight)
     rng = np.random.default_rng(seed)
     total: dict[int, dict[str, float]] = {s: {SAFE: 0.0, UNSAFE: 0.0} for s in choices}
     for _ in range(draws):
         drawn = (rng.random(p.size) < p).astype(np.int64)
-        for s, covered in _covered_by_start(p, drawn, targets, choices, sample_weight).items():
+        for s, covered in walks.covered(drawn).items():
             for label in (SAFE, UNSAFE):
                 total[s][label] += covered[label]
     return _most_covering(total, choices)
 
 
-def _covered_by_start(
-    p_unsafe: ArrayLike,
-    labels: ArrayLike,
-    targets: Mapping[str, Any],
-    choices: Sequence[int],
-    sample_weight: ArrayLike | None,
-) -> dict[int, dict[str, float]]:
-    """Rows auto-decided per predicted label, for each ``start_errors`` in ``choices``."""
-    covered: dict[int, dict[str, float]] = {}
-    for s in choices:
-        groups = risk_controlled_thresholds(
-            p_unsafe, labels, **targets, start_errors=s, sample_weight=sample_weight
-        ).details["groups"]
-        covered[s] = {label: float(groups[label]["n_auto"]) for label in (SAFE, UNSAFE)}
-    return covered
+class _StartWalks:
+    """The per-label walks of :func:`risk_controlled_thresholds` from each ``start_errors`` in ``choices``, on
+    fixed scores: the groups, sample sizes and where each start's walk begins are read once, from the scores;
+    :meth:`covered` adds labels (real or drawn) and walks."""
+
+    def __init__(
+        self,
+        p: NDArray[np.float64],
+        target_error: float,
+        target_error_unsafe: float | None,
+        delta: float,
+        choices: Sequence[int],
+        sample_weight: ArrayLike | None,
+    ) -> None:
+        alpha_safe, alpha_unsafe, self.delta = _targets(target_error, target_error_unsafe, delta, per_label=True)
+        self.alphas = {SAFE: alpha_safe, UNSAFE: alpha_unsafe}
+        self.groups = _Groups(p, None, None if sample_weight is None else _weights(sample_weight, p.size))
+        self.first: dict[str, dict[int, int | None]] = {}
+        for label, alpha in self.alphas.items():
+            conf, values, w = self.groups.rows[label]
+            _, n, _ = _counts(conf, np.zeros(conf.size, dtype=bool), values, w)  # sample sizes need no labels
+            self.first[label] = {s: _first_testable(n, alpha, self.delta / 2.0, s, w is not None) for s in choices}
+
+    def covered(self, y: NDArray[np.int64]) -> dict[int, dict[str, float]]:
+        """Rows auto-decided per start and predicted label under labels ``y``."""
+        covered: dict[int, dict[str, float]] = {s: {} for s in self.first[SAFE]}
+        for label, alpha in self.alphas.items():
+            conf, values, w = self.groups.rows[label]
+            n_rows, _, _, p_values = _p_values(conf, self.groups.wrong(label, y), alpha, values, w)
+            for s, first in self.first[label].items():
+                chosen = _walk(first, p_values, self.delta / 2.0)
+                covered[s][label] = 0.0 if chosen is None else float(n_rows[chosen])
+        return covered
 
 
 def _most_covering(covered: Mapping[int, Mapping[str, float]], choices: Sequence[int]) -> dict[str, int]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.special import expit, logit
 
+from benchmarks.risk_simulation import coverage, draw, population, true_errors  # the repo root is on pytest's path
 from guardcal.calibrate.bundle import CalibrationBundle
 from guardcal.calibration_run import split_fit_rows
 from guardcal.cli import main
@@ -31,16 +31,6 @@ IDENTITY = {
     "dtype": "float32",
     "max_new_tokens": None,
 }
-
-
-def truth(s: np.ndarray) -> np.ndarray:
-    """P(unsafe | raw score): the raw score is overconfident, and 2% of labels are flipped."""
-    return 0.02 + 0.96 * expit(0.8 * logit(s))
-
-
-def draw(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    s = rng.beta(0.25, 0.25, n).clip(1e-6, 1 - 1e-6)
-    return s, (rng.random(n) < truth(s)).astype(int)
 
 
 def write_predictions(folder: Path, s: np.ndarray, y: np.ndarray) -> None:
@@ -64,18 +54,6 @@ def write_predictions(folder: Path, s: np.ndarray, y: np.ndarray) -> None:
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def true_errors(bundle: CalibrationBundle, s: np.ndarray) -> list[float]:
-    """True error among auto-decided population inputs, per predicted label that auto-decides anything."""
-    p = bundle.calibrator().predict(s)
-    auto, unsafe, g = bundle.get_thresholds().auto_mask(p), p >= 0.5, truth(s)
-    errors = []
-    for label_unsafe in (False, True):
-        m = auto & (unsafe == label_unsafe)
-        if m.any():
-            errors.append(float(np.mean(1 - g[m] if label_unsafe else g[m])))
-    return errors
-
-
 def calibrate(tmp: Path, trial: int, method: str, rows: str = "held-out") -> CalibrationBundle:
     s, y = draw(N_CAL, np.random.default_rng(trial))
     folder = tmp / f"{method}-{rows}-{trial}"
@@ -91,14 +69,15 @@ def calibrate(tmp: Path, trial: int, method: str, rows: str = "held-out") -> Cal
 
 def violations_and_coverage(tmp: Path, method: str, trials: int, rows: str = "held-out") -> tuple[int, float]:
     """Trials whose bundle breaks the guarantee on the population, and the mean share it auto-decides there."""
-    population, _ = draw(50_000, np.random.default_rng(10_000))
-    violations, coverage = 0, []
+    judged_on = population()
+    violations, covered = 0, []
     for trial in range(trials):
         bundle = calibrate(tmp, trial, method, rows)
-        violations += any(e > ALPHA for e in true_errors(bundle, population))
-        coverage.append(bundle.get_thresholds().auto_mask(bundle.calibrator().predict(population)).mean())
-    print(f"{method}, threshold rows {rows}: {violations}/{trials} violations, mean coverage {np.mean(coverage):.3f}")
-    return violations, float(np.mean(coverage))
+        calibrator, thresholds = bundle.calibrator(), bundle.get_thresholds()
+        violations += any(e > ALPHA for e in true_errors(calibrator, thresholds, judged_on))
+        covered.append(coverage(calibrator, thresholds, judged_on))
+    print(f"{method}, threshold rows {rows}: {violations}/{trials} violations, mean coverage {np.mean(covered):.3f}")
+    return violations, float(np.mean(covered))
 
 
 @pytest.mark.parametrize(("method", "trials"), [("isotonic", 200), ("platt", 200)])
@@ -251,3 +230,22 @@ def test_label_free_start_errors_reads_the_scores_only() -> None:
     assert label_free_start_errors(unsure, **targets) == chosen, "seeded: the same scores give the same start"
     with pytest.raises(CalibrationError, match="draws"):
         label_free_start_errors(unsure, **targets, draws=0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_start_choice_walks_match_the_thresholds_each_start_certifies(weighted: bool) -> None:
+    """The start choosers compute each label's p-values once and walk from every start; what they count as
+    auto-decided must be what risk_controlled_thresholds certifies with that start, row for row."""
+    from guardcal.calibrate.thresholds import START_ERROR_CHOICES, _StartWalks, risk_controlled_thresholds
+
+    seen: set[float] = set()
+    for seed in range(12):
+        s, y = draw(int(np.random.default_rng(seed).integers(60, 400)), np.random.default_rng(seed))
+        w = np.random.default_rng(seed).uniform(0.5, 3.0, s.size) if weighted else None
+        targets = {"target_error": (0.05, 0.1)[seed % 2], "delta": 0.1, "target_error_unsafe": 0.2}
+        walks = _StartWalks(s, **targets, choices=START_ERROR_CHOICES, sample_weight=w).covered(y)
+        for start in START_ERROR_CHOICES:
+            groups = risk_controlled_thresholds(s, y, **targets, start_errors=start, sample_weight=w).details["groups"]
+            assert walks[start] == {label: float(g["n_auto"]) for label, g in groups.items()}, (seed, start)
+            seen.update(walks[start].values())
+    assert len(seen) > 10, "the starts must lead to many different outcomes, or this compares nothing"

@@ -41,11 +41,10 @@ KEYS = f"{ALICE}:review@alice,{BOB}:review@bob,{CLASSIFY}:classify,{INTERNAL}:in
 #: OpenAI Moderation test rows: P(unsafe) 0.18-0.39 under the shipped guard (escalated), and <= 3e-4 (allowed)
 ESCALATED = ["oai-6", "oai-10", "oai-12", "oai-22"]
 CONFIDENT = ["oai-1125", "oai-1290", "oai-1130"]
-#: the refit's target for allowed inputs. The refit draws 307 rows (calibration rows + these 7 verdicts), all of
-#: them fitting the calibrator and choosing the thresholds as for the shipped bundle. There the shipped 0.1
-#: certifies nothing (the walk's label-free start lands where its errors are already borderline), so every
-#: input would escalate and none would be audited (results/guard/refit_review_split.json)
-REFIT_ALPHA = 0.15
+#: the refit's target for allowed inputs: the shipped bundle's. The refit draws 307 rows (calibration rows + these
+#: 7 verdicts), all of them fitting the calibrator and choosing the thresholds as for the shipped bundle; it
+#: certifies allow at about 0.83 there (results/guard/refit_review_split.json, benchmarks/refit_review_split.py)
+REFIT_ALPHA = 0.1
 
 
 def _start(workdir: Path, bundle: Path, log: str) -> ServeProcess:
