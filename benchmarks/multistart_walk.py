@@ -19,7 +19,6 @@ any walk certified. Both are compared on:
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from numpy.typing import NDArray
 from rich.progress import track
 
 from benchmarks.risk_simulation import coverage, draw, population, true_errors
+from benchmarks.threshold_io import calibration_rows, emit
 from guardcal.calibrate.base import Calibrator, make_calibrator
 from guardcal.calibrate.thresholds import (
     Thresholds,
@@ -36,10 +36,8 @@ from guardcal.calibrate.thresholds import (
     label_free_start_errors,
     risk_controlled_thresholds,
 )
-from guardcal.calibration_run import rows_from_predictions
 from guardcal.core.examples import SAFE, UNSAFE
 
-FIT = "openai-moderation:calib"
 STARTS = (0, 2, 4, 8)
 Walk = Callable[[NDArray[np.float64], NDArray[np.int64], dict[str, Any]], tuple[Calibrator, Thresholds]]
 
@@ -88,9 +86,7 @@ def simulation(trials: int, alpha: float, delta: float) -> dict[str, dict[str, f
 
 
 def halves(predictions: Path, folds: int, targets: dict[str, Any]) -> dict[str, dict[str, float]]:
-    rows = rows_from_predictions(predictions, [FIT])[0][FIT]
-    p = np.array([r["p_unsafe"] for r in rows])
-    y = np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
+    p, y = calibration_rows(predictions)
     rng = np.random.default_rng(0)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in WALKS}
     for _ in track(range(folds), description="calibration halves"):
@@ -123,10 +119,7 @@ def main() -> None:
         targets = {"target_error": args.target_error, "target_error_unsafe": args.target_error_unsafe}
         result["calibration_halves"] = halves(args.predictions, args.folds, {**targets, "delta": args.delta})
         result["predictions"] = str(args.predictions)
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output:
-        args.output.write_text(text)
-    print(text)
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ several allow targets, to pick the test's target.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.threshold_io import emit
 from guardcal.calibrate.base import make_calibrator
 from guardcal.calibration_run import CalibrateConfig, RowUse, choose_thresholds, rows_from_predictions
 from guardcal.core.examples import UNSAFE
@@ -72,10 +72,7 @@ def main() -> None:
     }
     for alpha in (0.05, 0.1, 0.15):
         result[f"target_error_safe={alpha}"] = refit(rows, alpha)
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output:
-        args.output.write_text(text)
-    print(text)
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

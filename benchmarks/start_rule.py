@@ -23,7 +23,6 @@ Only calibration rows are read, so the draw count can be chosen before any test 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from numpy.typing import NDArray
 from rich.progress import track
 
 from benchmarks.risk_simulation import coverage, draw, population, true_errors
+from benchmarks.threshold_io import calibration_rows, emit
 from guardcal.calibrate.base import Calibrator, make_calibrator
 from guardcal.calibrate.thresholds import (
     Thresholds,
@@ -40,10 +40,8 @@ from guardcal.calibrate.thresholds import (
     label_free_start_errors,
     risk_controlled_thresholds,
 )
-from guardcal.calibration_run import rows_from_predictions
 from guardcal.core.examples import SAFE, UNSAFE
 
-FIT = "openai-moderation:calib"
 DRAWS = (16, 64, 256, 1024)
 
 
@@ -54,12 +52,6 @@ def fit_all_rows(
     calibrator = make_calibrator("platt").fit(p, y)
     start = label_free_start_errors(p, **targets, draws=draws, seed=seed)
     return calibrator, risk_controlled_thresholds(calibrator.predict(p), y, **targets, start_errors=start)
-
-
-def calibration_rows(folder: Path) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    rows = rows_from_predictions(folder, [FIT])[0][FIT]
-    p = np.array([r["p_unsafe"] for r in rows])
-    return p, np.array([r["label"] == UNSAFE for r in rows], dtype=np.int64)
 
 
 def seed_stability(p: NDArray[np.float64], y: NDArray[np.int64], targets: dict[str, Any], seeds: int) -> dict:
@@ -142,10 +134,7 @@ def main() -> None:
             "seed_stability": seed_stability(p, y, targets, args.seeds),
             "calibration_halves": halves(p, y, targets, args.folds),
         }
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output:
-        args.output.write_text(text)
-    print(text)
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

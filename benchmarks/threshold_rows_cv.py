@@ -17,13 +17,13 @@ calibration split, so it can choose the design before the test split is scored.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.progress import track
 
+from benchmarks.threshold_io import emit
 from guardcal.calibrate.base import make_calibrator
 from guardcal.calibrate.thresholds import coverage_and_error
 from guardcal.calibration_run import (
@@ -99,11 +99,7 @@ def main() -> None:
         | {"threshold_share": args.threshold_share, "folds": args.folds, "rows": len(rows), "half": len(rows) // 2},
         "designs": summary(folds),
     }
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    print(text)
+    emit(result, args.output)
 
 
 if __name__ == "__main__":
