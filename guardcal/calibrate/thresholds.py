@@ -236,15 +236,19 @@ def _counts(
     conf: NDArray[np.float64], wrong: NDArray[np.bool_], grid: NDArray[np.float64], weights: NDArray[np.float64] | None
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """Per candidate: rows auto-decided, and the sample size and errors the binomial test takes. Weighted,
-    those are the Kish effective size ``(sum w)^2 / sum w^2`` and ``weighted error share x n_eff``."""
+    those are the Kish effective size ``(sum w)^2 / sum w^2`` and ``weighted error share x n_eff``.
+    ``wrong`` may hold several labelings, one per leading row (``(draws, rows)``); the errors then do too."""
     order = np.argsort(conf)
     n_rows = conf.size - np.searchsorted(conf[order], grid, side="left")  # auto-decided count at each candidate
-    top_wrong = wrong[order][::-1].astype(np.float64)
+    top_wrong = wrong[..., order][..., ::-1].astype(np.float64)
+
+    def top_sums(v: NDArray[np.float64]) -> NDArray[np.float64]:  # sums over the n most confident rows
+        return np.concatenate([np.zeros((*v.shape[:-1], 1)), np.cumsum(v, axis=-1)], axis=-1)[..., n_rows]
+
     if weights is None:
-        k = np.concatenate([[0.0], np.cumsum(top_wrong)])[n_rows]  # errors among the n most confident
-        return n_rows, n_rows.astype(np.float64), k
+        return n_rows, n_rows.astype(np.float64), top_sums(top_wrong)
     w = weights[order][::-1]
-    sw, sw2, swk = (np.concatenate([[0.0], np.cumsum(v)])[n_rows] for v in (w, w**2, w * top_wrong))
+    sw, sw2, swk = top_sums(w), top_sums(w**2), top_sums(w * top_wrong)
     with np.errstate(invalid="ignore", divide="ignore"):
         n_eff = np.where(sw2 > 0, sw**2 / np.where(sw2 > 0, sw2, 1.0), 0.0)
         k_eff = np.where(sw > 0, swk / np.where(sw > 0, sw, 1.0), 0.0) * n_eff
@@ -349,8 +353,9 @@ class _Groups:
             self.rows[name] = (conf[mask], values[::-1], None if weights is None else weights[mask])
 
     def wrong(self, name: str, y: NDArray[np.int64]) -> NDArray[np.bool_]:
-        """Which of the group's rows the 0.5 boundary gets wrong under labels ``y``."""
-        return (self.pred_unsafe != (y == 1))[self.masks[name]]
+        """Which of the group's rows the 0.5 boundary gets wrong under labels ``y`` (``(rows,)``, or
+        ``(draws, rows)`` for several labelings)."""
+        return (self.pred_unsafe != (y == 1))[..., self.masks[name]]
 
 
 def risk_controlled_thresholds(
@@ -510,7 +515,7 @@ def label_free_start_errors(
     other labelled rows are left to choose on: pass the model's raw P(unsafe), which were fixed before these
     rows' labels were seen, so the choice cannot depend on them. Ties go to the smaller value.
 
-    ``draws``: 256 by default (about 0.2 s for 300 rows). With 16 the pick changed with the seed: on one guard's
+    ``draws``: 256 by default (about 0.02 s for 300 rows). With 16 the pick changed with the seed: on one guard's
     calibration rows 3 seeds in 30 certified nothing; with 256 all 30 certified the same threshold, and on the
     simulation the walk auto-decided 37.9% of the population instead of 30.8% (``benchmarks/start_rule.py``).
     """
@@ -520,12 +525,15 @@ def label_free_start_errors(
     walks = _StartWalks(p, target_error, target_error_unsafe, delta, choices, sample_weight)
     rng = np.random.default_rng(seed)
     total: dict[int, dict[str, float]] = {s: {SAFE: 0.0, UNSAFE: 0.0} for s in choices}
-    for _ in range(draws):
-        drawn = (rng.random(p.size) < p).astype(np.int64)
+    for done in range(0, draws, _DRAWS_AT_ONCE):  # draw by draw, the same random stream
+        drawn = (rng.random((min(_DRAWS_AT_ONCE, draws - done), p.size)) < p).astype(np.int64)
         for s, covered in walks.covered(drawn).items():
             for label in (SAFE, UNSAFE):
                 total[s][label] += covered[label]
     return _most_covering(total, choices)
+
+
+_DRAWS_AT_ONCE = 64  # labelings walked together: 64 x rows floats per array
 
 
 class _StartWalks:
@@ -552,14 +560,22 @@ class _StartWalks:
             self.first[label] = {s: _first_testable(n, alpha, self.delta / 2.0, s, w is not None) for s in choices}
 
     def covered(self, y: NDArray[np.int64]) -> dict[int, dict[str, float]]:
-        """Rows auto-decided per start and predicted label under labels ``y``."""
+        """Rows auto-decided per start and predicted label under labels ``y``: ``(rows,)``, or ``(draws, rows)``
+        for several labelings, whose counts are summed. Each walk is :func:`_walk`'s, on every labeling at once."""
+        labelings = np.atleast_2d(y)
         covered: dict[int, dict[str, float]] = {s: {} for s in self.first[SAFE]}
         for label, alpha in self.alphas.items():
             conf, values, w = self.groups.rows[label]
-            n_rows, _, _, p_values = _p_values(conf, self.groups.wrong(label, y), alpha, values, w)
+            n_rows, _, _, p_values = _p_values(conf, self.groups.wrong(label, labelings), alpha, values, w)
+            failed = p_values > self.delta / 2.0
             for s, first in self.first[label].items():
-                chosen = _walk(first, p_values, self.delta / 2.0)
-                covered[s][label] = 0.0 if chosen is None else float(n_rows[chosen])
+                if first is None:
+                    covered[s][label] = 0.0
+                    continue
+                tail = failed[:, first:]
+                passed = np.where(tail.any(axis=1), tail.argmax(axis=1), tail.shape[1])  # tests passed in a row
+                last = first + passed - 1
+                covered[s][label] = float(np.where(passed > 0, n_rows[np.maximum(last, 0)], 0).sum())
         return covered
 
 
