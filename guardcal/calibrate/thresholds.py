@@ -282,14 +282,14 @@ def _first_testable(
     return int(testable[0]) if testable.size else None
 
 
-def _walk(first: int | None, p_values: NDArray[np.float64], delta: float) -> int | None:
-    """Fixed-sequence testing from ``first``: the index of the last candidate passed before the first
-    p-value above ``delta`` (None: nothing passed)."""
+def _walk(first: int | None, p_values: NDArray[np.float64], delta: float) -> NDArray[np.int64]:
+    """Fixed-sequence testing from ``first`` on each row of ``p_values`` (``(labelings, candidates)``): per row, the
+    index of the last candidate passed before the first p-value above ``delta``, or -1 where nothing passed."""
     if first is None:
-        return None
-    failed = np.flatnonzero(p_values[first:] > delta)
-    last = first + (int(failed[0]) if failed.size else p_values.size - first) - 1
-    return last if last >= first else None
+        return np.full(p_values.shape[0], -1)
+    tail = p_values[:, first:] > delta
+    passed = np.where(tail.any(axis=1), tail.argmax(axis=1), tail.shape[1])  # tests passed in a row
+    return np.where(passed > 0, first + passed - 1, -1)
 
 
 def _ltt(
@@ -303,9 +303,9 @@ def _ltt(
 ) -> dict[str, Any]:
     """Fixed-sequence LTT on one group; ``grid`` sorted high to low. Returns the group's facts."""
     n_rows, n, k, p_values = _p_values(conf, wrong, alpha, grid, weights)
-    chosen = _walk(_first_testable(n, alpha, delta, start_errors, weights is not None), p_values, delta)
-    met = chosen is not None
-    i = chosen if chosen is not None else 0
+    chosen = int(_walk(_first_testable(n, alpha, delta, start_errors, weights is not None), p_values[None], delta)[0])
+    met = chosen >= 0
+    i = chosen if met else 0
     threshold = float(grid[i]) if met else 1.0
     n_auto = int(n_rows[i]) if met else 0
     k_auto = (int(k[i]) if weights is None else float(k[i])) if met else 0
@@ -561,21 +561,15 @@ class _StartWalks:
 
     def covered(self, y: NDArray[np.int64]) -> dict[int, dict[str, float]]:
         """Rows auto-decided per start and predicted label under labels ``y``: ``(rows,)``, or ``(draws, rows)``
-        for several labelings, whose counts are summed. Each walk is :func:`_walk`'s, on every labeling at once."""
+        for several labelings, whose counts are summed."""
         labelings = np.atleast_2d(y)
         covered: dict[int, dict[str, float]] = {s: {} for s in self.first[SAFE]}
         for label, alpha in self.alphas.items():
             conf, values, w = self.groups.rows[label]
             n_rows, _, _, p_values = _p_values(conf, self.groups.wrong(label, labelings), alpha, values, w)
-            failed = p_values > self.delta / 2.0
             for s, first in self.first[label].items():
-                if first is None:
-                    covered[s][label] = 0.0
-                    continue
-                tail = failed[:, first:]
-                passed = np.where(tail.any(axis=1), tail.argmax(axis=1), tail.shape[1])  # tests passed in a row
-                last = first + passed - 1
-                covered[s][label] = float(np.where(passed > 0, n_rows[np.maximum(last, 0)], 0).sum())
+                chosen = _walk(first, p_values, self.delta / 2.0)
+                covered[s][label] = float(np.where(chosen >= 0, n_rows[np.maximum(chosen, 0)], 0).sum())
         return covered
 
 
