@@ -8,14 +8,20 @@ flipped; ``draw`` samples ``n`` scores from a U-shaped beta and their labels fro
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
+from rich.progress import track
 from scipy.special import expit, logit
 
 from guardcal.calibrate.base import Calibrator
 from guardcal.calibrate.thresholds import Thresholds
 
 POPULATION_SIZE, POPULATION_SEED = 50_000, 10_000
+#: a walk design: (raw P(unsafe), labels, targets) -> the fitted calibrator and its thresholds
+Walk = Callable[[NDArray[np.float64], NDArray[np.int64], dict[str, Any]], tuple[Calibrator, Thresholds]]
 
 
 def truth(s: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -49,3 +55,19 @@ def true_errors(calibrator: Calibrator, thresholds: Thresholds, s: NDArray[np.fl
 def coverage(calibrator: Calibrator, thresholds: Thresholds, s: NDArray[np.float64]) -> float:
     """The share of ``s`` auto-decided."""
     return float(thresholds.auto_mask(calibrator.predict(s)).mean())
+
+
+def simulate(walks: Mapping[str, Walk], trials: int, targets: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per walk design: the share of ``trials`` seeded 300-row calibration sets whose fit breaks the guarantee
+    on the population (some label's true error above ``targets["target_error"]``), and the mean share of the
+    population it auto-decides."""
+    judged_on, alpha = population(), targets["target_error"]
+    out = {}
+    for name, walk in walks.items():
+        violations, covered = 0, []
+        for trial in track(range(trials), description=f"simulation, {name}"):
+            calibrator, thresholds = walk(*draw(300, np.random.default_rng(trial)), targets)
+            violations += any(e > alpha for e in true_errors(calibrator, thresholds, judged_on))
+            covered.append(coverage(calibrator, thresholds, judged_on))
+        out[name] = {"violation_rate": violations / trials, "coverage": float(np.mean(covered))}
+    return out

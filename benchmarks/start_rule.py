@@ -24,34 +24,18 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from rich.progress import track
 
-from benchmarks.risk_simulation import coverage, draw, population, true_errors
-from benchmarks.threshold_io import calibration_rows, emit
-from guardcal.calibrate.base import Calibrator, make_calibrator
-from guardcal.calibrate.thresholds import (
-    Thresholds,
-    coverage_and_error,
-    label_free_start_errors,
-    risk_controlled_thresholds,
-)
+from benchmarks.risk_simulation import Walk, simulate
+from benchmarks.threshold_io import calibration_halves, calibration_rows, emit, fit_all_rows
 from guardcal.core.examples import SAFE, UNSAFE
 
 DRAWS = (16, 64, 256, 1024)
-
-
-def fit_all_rows(
-    p: NDArray[np.float64], y: NDArray[np.int64], targets: dict[str, Any], draws: int, seed: int = 0
-) -> tuple[Calibrator, Thresholds]:
-    """What ``--threshold-rows all`` does: Platt on every row, the walk from the label-free start."""
-    calibrator = make_calibrator("platt").fit(p, y)
-    start = label_free_start_errors(p, **targets, draws=draws, seed=seed)
-    return calibrator, risk_controlled_thresholds(calibrator.predict(p), y, **targets, start_errors=start)
 
 
 def seed_stability(p: NDArray[np.float64], y: NDArray[np.int64], targets: dict[str, Any], seeds: int) -> dict:
@@ -77,35 +61,9 @@ def seed_stability(p: NDArray[np.float64], y: NDArray[np.int64], targets: dict[s
     return out
 
 
-def simulation(trials: int, targets: dict[str, Any]) -> dict[str, dict[str, float]]:
-    judged_on, alpha = population(), targets["target_error"]  # one alpha for both labels, as in the test
-    out = {}
-    for draws in DRAWS:
-        violations, covered = 0, []
-        for trial in track(range(trials), description=f"simulation, {draws} draws"):
-            calibrator, thresholds = fit_all_rows(*draw(300, np.random.default_rng(trial)), targets, draws)
-            violations += any(e > alpha for e in true_errors(calibrator, thresholds, judged_on))
-            covered.append(coverage(calibrator, thresholds, judged_on))
-        out[str(draws)] = {"violation_rate": violations / trials, "coverage": float(np.mean(covered))}
-    return out
-
-
-def halves(p: NDArray[np.float64], y: NDArray[np.int64], targets: dict[str, Any], folds: int) -> dict:
-    rng = np.random.default_rng(0)
-    runs: dict[int, list[dict[str, Any]]] = {d: [] for d in DRAWS}
-    for _ in track(range(folds), description="calibration halves"):
-        perm = rng.permutation(p.size)
-        fit, held = perm[: p.size // 2], perm[p.size // 2 :]
-        for draws in DRAWS:
-            calibrator, thresholds = fit_all_rows(p[fit], y[fit], targets, draws)
-            runs[draws].append(coverage_and_error(calibrator.predict(p[held]), y[held], thresholds))
-    return {
-        str(d): {
-            "coverage": float(np.mean([r["coverage"] for r in rs])),
-            "certified_nothing": float(np.mean([r["n_auto"] == 0 for r in rs])),
-        }
-        for d, rs in runs.items()
-    }
+def by_draws() -> dict[str, Walk]:
+    """The all-rows fit at each draw count, named by it."""
+    return {str(d): partial(fit_all_rows, draws=d) for d in DRAWS}
 
 
 def main() -> None:
@@ -124,7 +82,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "draws": list(DRAWS),
         "targets": targets,
-        "simulation": simulation(args.trials, sim_targets),
+        "simulation": simulate(by_draws(), args.trials, sim_targets),
     }
     for spec in args.predictions:
         name, folder = spec.split("=", 1)
@@ -132,7 +90,7 @@ def main() -> None:
         result[name] = {
             "predictions": folder,
             "seed_stability": seed_stability(p, y, targets, args.seeds),
-            "calibration_halves": halves(p, y, targets, args.folds),
+            "calibration_halves": calibration_halves(p, y, by_draws(), targets, args.folds),
         }
     emit(result, args.output)
 
