@@ -1,9 +1,11 @@
-"""Paired comparison of two probe_readout.py runs on the same calibration rows (features.npz of each).
+"""Paired comparison of two scorers on the same calibration rows.
 
     python results/gemma/compare_probes.py RUN_A RUN_B [--boot 2000]
 
-Refits each run's probe (its chosen C) on its training features, scores the 300 calibration rows,
-and bootstraps the calibration rows (same resample for both) for the AUROC and accuracy differences.
+A run is a probe_readout.py folder (its features.npz: the probe is refitted with its chosen C on the
+training features and scores the 300 calibration rows) or a ``guardcal evaluate`` folder that scored
+openai-moderation:calib (its predictions.jsonl: the score is the logit of P(unsafe)). The calibration
+rows are bootstrapped (same resample for both) for the AUROC and accuracy differences.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import numpy as np
 
 
 def probe_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    from guardcal.data.datasets import load_dataset
     from sklearn.linear_model import LogisticRegression
 
     from guardcal.core.examples import UNSAFE
+    from guardcal.data.loaders import load_dataset
 
+    if (run / "predictions.jsonl").is_file():
+        return evaluated_scores(run)
     f = np.load(run / "features.npz")
     c = json.loads((run / "probe_readout.json").read_text())["C"]
     train = load_dataset("openai-moderation:train")
@@ -33,9 +37,46 @@ def probe_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return lr.decision_function(f["calib"]), yca
 
 
-def main() -> int:
+def evaluated_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Logit of P(unsafe) and the labels of the calibration rows a ``guardcal evaluate`` folder scored."""
+    from guardcal.core.examples import UNSAFE
+    from guardcal.data.loaders import load_dataset
+
+    calib = load_dataset("openai-moderation:calib")
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    p = {r["id"]: r["p_unsafe"] for r in rows if r["dataset"] == "openai-moderation:calib"}
+    if set(p) != {e.id for e in calib}:
+        raise SystemExit(f"{run}: predictions.jsonl does not hold exactly the calibration rows")
+    q = np.clip(np.array([p[e.id] for e in calib]), 1e-9, 1 - 1e-9)
+    return np.log(q / (1 - q)), np.array([e.label == UNSAFE for e in calib], dtype=int)
+
+
+def paired_bootstrap(sa: np.ndarray, sb: np.ndarray, y: np.ndarray, boot: int = 2000, seed: int = 0) -> dict:
+    """B minus A on the same rows: AUROC and accuracy (score > 0) differences over ``boot`` row resamples."""
     from sklearn.metrics import roc_auc_score
 
+    rng = np.random.default_rng(seed)
+    d_auc, d_acc = [], []
+    for _ in range(boot):
+        i = rng.integers(0, len(y), len(y))
+        if y[i].min() == y[i].max():
+            continue
+        d_auc.append(roc_auc_score(y[i], sb[i]) - roc_auc_score(y[i], sa[i]))
+        d_acc.append(np.mean((sb[i] > 0) == y[i]) - np.mean((sa[i] > 0) == y[i]))
+
+    def interval(d: list[float]) -> dict:
+        return {"mean": float(np.mean(d)), "ci95": [float(x) for x in np.percentile(d, [2.5, 97.5])]}
+
+    return {"b_minus_a_auroc": interval(d_auc), "b_minus_a_accuracy": interval(d_acc)}
+
+
+def summary(s: np.ndarray, y: np.ndarray) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    return {"auroc": float(roc_auc_score(y, s)), "accuracy": float(np.mean((s > 0) == y))}
+
+
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
@@ -44,30 +85,14 @@ def main() -> int:
     sa, y = probe_scores(args.a)
     sb, yb = probe_scores(args.b)
     assert (y == yb).all()
-    rng = np.random.default_rng(0)
-    d_auc, d_acc = [], []
-    for _ in range(args.boot):
-        i = rng.integers(0, len(y), len(y))
-        if y[i].min() == y[i].max():
-            continue
-        d_auc.append(roc_auc_score(y[i], sb[i]) - roc_auc_score(y[i], sa[i]))
-        d_acc.append(np.mean((sb[i] > 0) == y[i]) - np.mean((sa[i] > 0) == y[i]))
-
-    def summary(s: np.ndarray) -> dict:
-        return {"auroc": float(roc_auc_score(y, s)), "accuracy": float(np.mean((s > 0) == y))}
-
-    def interval(d: list[float]) -> dict:
-        return {"mean": float(np.mean(d)), "ci95": [float(x) for x in np.percentile(d, [2.5, 97.5])]}
-
     out = {
         "a": str(args.a),
         "b": str(args.b),
         "n_calib": int(len(y)),
         "unsafe_share": float(y.mean()),
-        "a_probe": summary(sa),
-        "b_probe": summary(sb),
-        "b_minus_a_auroc": interval(d_auc),
-        "b_minus_a_accuracy": interval(d_acc),
+        "a_probe": summary(sa, y),
+        "b_probe": summary(sb, y),
+        **paired_bootstrap(sa, sb, y, args.boot),
         "score_correlation": float(np.corrcoef(sa, sb)[0, 1]),
     }
     sys.stdout.write(json.dumps(out, indent=2) + "\n")
