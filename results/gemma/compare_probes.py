@@ -19,13 +19,13 @@ import numpy as np
 
 
 def probe_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    if (run / "predictions.jsonl").is_file():
+        return evaluated_scores(run)
     from sklearn.linear_model import LogisticRegression
 
     from guardcal.core.examples import UNSAFE
     from guardcal.data.loaders import load_dataset
 
-    if (run / "predictions.jsonl").is_file():
-        return evaluated_scores(run)
     f = np.load(run / "features.npz")
     c = json.loads((run / "probe_readout.json").read_text())["C"]
     train = load_dataset("openai-moderation:train")

@@ -77,8 +77,8 @@ def main() -> int:
         "b": nb,
         "evaluations_by_step": {na: by_step(log_a), nb: by_step(log_b)},
         "final_calib": {
-            na: {**summary(sa, y), "metrics": calib_metrics(cal_a)},
-            nb: {**summary(sb, y), "metrics": calib_metrics(cal_b)},
+            na: calib_metrics(cal_a),
+            nb: calib_metrics(cal_b),
             f"mean logit of {na} and {nb}": summary(ens, y),
         },
         f"{nb}_minus_{na}": paired_bootstrap(sa, sb, y, args.boot),
