@@ -3,6 +3,7 @@
     python scripts/probe_readout.py --out runs/probe-readout [--window 1024] [--C 0]
         [--layers-rank 16 --first-layer 15]   # + zero-initialised LoRA on those layers, for SFT to go on
         [--model DIR --bos]                   # another base model (e.g. Gemma 3 270M, which needs <bos>)
+        [--prompt NAME_OR_YAML]               # another prompt profile (train and serve with the same one)
 
 The probe on the default model's own final hidden states (the issue-21 measurement) classifies
 OpenAI Moderation about as well as TF-IDF, while LoRA SFT on the decision token did not get there
@@ -58,7 +59,7 @@ def main() -> int:
 
     from guardcal.core.examples import SAFE, UNSAFE
     from guardcal.core.labels import LabelSpec
-    from guardcal.core.profiles import default_profile
+    from guardcal.core.profiles import load_profile
     from guardcal.core.prompt import PromptTemplate
     from guardcal.data.loaders import load_dataset
     from guardcal.models.loading import load_model
@@ -71,6 +72,7 @@ def main() -> int:
         action="store_true",
         help="put the tokenizer's BOS token first (prompts are tokenised without special tokens; Gemma needs <bos>)",
     )
+    ap.add_argument("--prompt", default="default", help="prompt profile: a built-in name or a YAML file")
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument(
         "--train-dataset",
@@ -86,9 +88,9 @@ def main() -> int:
     t0 = time.time()
     loaded = load_model(args.model, None, dtype="float32")
     model, tok = loaded.model, loaded.tokenizer
-    profile = default_profile()
+    profile = load_profile(args.prompt)
     if args.bos:  # the default prompt with <bos> written first, as the ShieldGemma profile does
-        profile = dataclasses.replace(profile, name="default+bos", bos=tok.bos_token)
+        profile = dataclasses.replace(profile, name=f"{profile.name}+bos", bos=tok.bos_token)
     template = PromptTemplate(mode="direct", profile=profile)
     spec = LabelSpec.from_tokenizer(tok)
     train = load_dataset(args.train_dataset)
@@ -102,6 +104,8 @@ def main() -> int:
             raise SystemExit(f"{args.features}: other rows or window than this run; drop --features")
         if str(cached.get("model", "default")) != args.model or bool(cached.get("bos", False)) != args.bos:
             raise SystemExit(f"{args.features}: another model or BOS setting than this run; drop --features")
+        if str(cached.get("prompt", "default")) != args.prompt:
+            raise SystemExit(f"{args.features}: another prompt profile than this run; drop --features")
         xtr, xca = cached["train"], cached["calib"]
     else:
         xtr = features(model, tok, template, [e.text for e in train], args.window)
@@ -115,6 +119,7 @@ def main() -> int:
         window=args.window,
         model=args.model,
         bos=args.bos,
+        prompt=args.prompt,
     )
 
     grid = [args.C] if args.C else [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
@@ -152,6 +157,7 @@ def main() -> int:
         "train_dataset": args.train_dataset,
         "model": args.model,
         "bos": args.bos,
+        "prompt": args.prompt,
         "layers_lora": {"rank": args.layers_rank, "alpha": args.layers_alpha, "first_layer": args.first_layer}
         if args.layers_rank
         else None,

@@ -4,7 +4,7 @@
 
 A run is a probe_readout.py folder (its features.npz: the probe is refitted with its chosen C on the
 training features and scores the 300 calibration rows) or a ``guardcal evaluate`` folder that scored
-openai-moderation:calib (its predictions.jsonl: the score is the logit of P(unsafe)). The calibration
+openai-moderation:calib, or its predictions.jsonl alone (the score is the logit of P(unsafe)). The calibration
 rows are bootstrapped (same resample for both) for the AUROC and accuracy differences.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 
 def probe_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    if (run / "predictions.jsonl").is_file():
+    if run.is_file() or (run / "predictions.jsonl").is_file():
         return evaluated_scores(run)
     from sklearn.linear_model import LogisticRegression
 
@@ -37,14 +37,20 @@ def probe_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return lr.decision_function(f["calib"]), yca
 
 
+def calib_predictions(run: Path) -> list[dict]:
+    """The calibration rows of a ``guardcal evaluate`` folder, or of a copy of its predictions.jsonl."""
+    path = run if run.is_file() else run / "predictions.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["dataset"] == "openai-moderation:calib"]
+
+
 def evaluated_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Logit of P(unsafe) and the labels of the calibration rows a ``guardcal evaluate`` folder scored."""
+    """Logit of P(unsafe) and the labels of the calibration rows ``run`` scored (see calib_predictions)."""
     from guardcal.core.examples import UNSAFE
     from guardcal.data.loaders import load_dataset
 
     calib = load_dataset("openai-moderation:calib")
-    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    p = {r["id"]: r["p_unsafe"] for r in rows if r["dataset"] == "openai-moderation:calib"}
+    p = {r["id"]: r["p_unsafe"] for r in calib_predictions(run)}
     if set(p) != {e.id for e in calib}:
         raise SystemExit(f"{run}: predictions.jsonl does not hold exactly the calibration rows")
     q = np.clip(np.array([p[e.id] for e in calib]), 1e-9, 1 - 1e-9)
@@ -53,21 +59,19 @@ def evaluated_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def paired_bootstrap(sa: np.ndarray, sb: np.ndarray, y: np.ndarray, boot: int = 2000, seed: int = 0) -> dict:
     """B minus A on the same rows: AUROC and accuracy (score > 0) differences over ``boot`` row resamples."""
-    from sklearn.metrics import roc_auc_score
+    from guardcal.calibrate.metrics import auroc
+    from guardcal.calibrate.metrics import paired_bootstrap as differences
 
-    rng = np.random.default_rng(seed)
-    d_auc, d_acc = [], []
-    for _ in range(boot):
-        i = rng.integers(0, len(y), len(y))
-        if y[i].min() == y[i].max():
-            continue
-        d_auc.append(roc_auc_score(y[i], sb[i]) - roc_auc_score(y[i], sa[i]))
-        d_acc.append(np.mean((sb[i] > 0) == y[i]) - np.mean((sa[i] > 0) == y[i]))
+    def right(s: np.ndarray, labels: np.ndarray) -> float:
+        return float(np.mean((s > 0) == labels))
 
-    def interval(d: list[float]) -> dict:
+    def interval(d: np.ndarray) -> dict:
         return {"mean": float(np.mean(d)), "ci95": [float(x) for x in np.percentile(d, [2.5, 97.5])]}
 
-    return {"b_minus_a_auroc": interval(d_auc), "b_minus_a_accuracy": interval(d_acc)}
+    return {
+        "b_minus_a_auroc": interval(differences(auroc, sa, sb, y, boot, seed)),
+        "b_minus_a_accuracy": interval(differences(right, sa, sb, y, boot, seed)),
+    }
 
 
 def summary(s: np.ndarray, y: np.ndarray) -> dict:

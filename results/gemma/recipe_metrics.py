@@ -5,9 +5,10 @@
 
 LOG_JSONL is a ``guardcal train`` run's log.jsonl (its calib evaluations every ``--eval-steps``);
 CALIB_EVAL_DIR is ``guardcal evaluate --dataset openai-moderation:calib --max-input-tokens 256`` of
-the run's final adapter (the callback's setting). Reports both runs' evaluations step by step, B
-minus A by a paired bootstrap over the 300 calibration rows, and the average of the two logits (an
-ensemble of the two models) against A. Only the calibration split is read.
+the run's final adapter (the callback's setting), or that folder's predictions.jsonl alone (so
+``recipe_runs/*_calib256_predictions.jsonl`` reproduce recipe_metrics.json). Reports both runs'
+evaluations step by step, B minus A by a paired bootstrap over the 300 calibration rows, and the
+average of the two logits (an ensemble of the two models) against A. Only the calibration split is read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from compare_probes import evaluated_scores, paired_bootstrap, summary
+from compare_probes import calib_predictions, evaluated_scores, paired_bootstrap, summary
 
 from guardcal.train.callbacks import read_evals
 
@@ -37,8 +38,16 @@ def by_step(log: Path) -> dict[int, dict[str, float]]:
     return {int(e["step"]): {k: round(float(e[f"eval/{k}"]), 4) for k in KEYS} for e in read_evals(log)}
 
 
-def calib_metrics(eval_dir: Path) -> dict[str, float]:
-    return json.loads((eval_dir / "metrics.json").read_text())["openai-moderation:calib"]
+def calib_metrics(run: Path) -> dict:
+    """guardcal's metrics of the calibration rows: the folder's metrics.json, or computed from predictions."""
+    if run.is_dir():
+        return json.loads((run / "metrics.json").read_text())["openai-moderation:calib"]
+    from guardcal.calibrate.metrics import compute_metrics
+
+    rows = calib_predictions(run)
+    y = [r["label"] == "unsafe" for r in rows]
+    pred = [r["pred"] == "unsafe" for r in rows]
+    return compute_metrics(y, pred, [r["p_unsafe"] for r in rows], [r["confidence"] for r in rows])
 
 
 def plot(steps: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
