@@ -26,13 +26,18 @@ from guardcal.data.loaders import load_dataset
 EVAL_SETS = ("openai-moderation:test", "xstest")
 
 
+def tfidf_logreg():  # type: ignore[no-untyped-def]
+    """The TF-IDF + logistic-regression yardstick every guard is compared with (unfitted pipeline)."""
+    return make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LogisticRegression(C=4.0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     train = load_dataset("openai-moderation:train", args.data_dir)
-    clf = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LogisticRegression(C=4.0))
+    clf = tfidf_logreg()
     clf.fit([e.text for e in train], [int(e.label == UNSAFE) for e in train])
     results = {}
     for key in EVAL_SETS:

@@ -44,12 +44,13 @@ TFIDF_IDENTITY = {
 
 def tfidf_predictions(folder: Path, data_dir: str | None, train_key: str) -> Path:
     """TF-IDF + LR (benchmarks/baselines.py's) scored on the fit and eval sets, as a guardcal evaluate folder."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+    try:
+        from .baselines import tfidf_logreg
+    except ImportError:  # run as a script: python benchmarks/NAME.py
+        from baselines import tfidf_logreg  # type: ignore[no-redef]
 
     train = load_dataset(train_key, data_dir)
-    clf = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LogisticRegression(C=4.0))
+    clf = tfidf_logreg()
     clf.fit([e.text for e in train], [int(e.label == UNSAFE) for e in train])
     rows = []
     for key in (FIT, *EVAL_SETS):

@@ -49,7 +49,7 @@ def features(model, tokenizer, template, texts, window: int) -> np.ndarray:
         for text in tqdm(texts, desc="hidden states", leave=False):
             ids = tokenizer.encode(template.render(first_window(text, tokenizer, window)), add_special_tokens=False)
             h = decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
-            rows.append(h.float().numpy())
+            rows.append(h.float().numpy().copy())  # a copy: a view would keep the whole sequence's states alive
     return np.stack(rows)
 
 
