@@ -1,7 +1,8 @@
 """Where does the model hold what the guard needs? Linear probes on hidden states, calibration split only (issue 21).
 
     python benchmarks/readout_probe.py --out runs/readout-probe [--prompts default,echo] [--pools last,mean]
-        [--layers 15,20,30] [--window 1024] [--adapter DIR]
+        [--layers 15,20,30] [--window 1024] [--adapter DIR] [--train-dataset KEY] [--also KEY]
+        [--versus LABEL=PREDICTIONS_JSONL] [--reference LABEL=AUROC]
 
 The guard reads its decision at one position, the last prompt token. A logistic-regression probe
 (regularisation by 5-fold CV on the training rows) on the hidden states there, scored on the
@@ -17,8 +18,8 @@ whether a different reading would do better:
 Layers are ``hidden_states`` indices (0 = the embeddings, the last = after the final norm, which is
 what the decision token reads). Writes ``readout_probe.json``: AUROC and accuracy of each
 (prompt, pool, layer) and paired-bootstrap intervals of each readout minus ``default/last`` at the
-same layer, and ``readout_probe.png`` (AUROC by layer). The test split is never read. Features are
-cached in ``--out`` per prompt and pool.
+same layer, and ``readout_probe.png`` (AUROC by layer). The test split is never read. Hidden states
+are cached in ``--out``, one file per prompt, keyed by each text's sha256.
 """
 
 from __future__ import annotations
