@@ -97,14 +97,15 @@ def cached_features(out: Path, name: str, template, loaded, texts: list[str], wi
         got = dict(np.load(path))  # each array read once: indexing an NpzFile reads the whole array again
         if got["layers"].tolist() == layers and int(got["window"]) == window:
             cache = {sha: {pool: got[pool][k] for pool in POOLS} for k, sha in enumerate(got["sha"].tolist())}
-    missing = sorted({_sha(t): t for t in texts if _sha(t) not in cache}.items())
+    shas_of = [_sha(t) for t in texts]  # each text hashed once
+    missing = sorted({sha: t for sha, t in zip(shas_of, texts, strict=True) if sha not in cache}.items())
     if missing:
         fresh = features(loaded.model, loaded.tokenizer, template, [t for _, t in missing], window, layers)
         cache |= {sha: {pool: fresh[pool][k] for pool in POOLS} for k, (sha, _) in enumerate(missing)}
         shas = list(cache)
         arrays = {pool: np.stack([cache[sha][pool] for sha in shas]) for pool in POOLS}
         np.savez(path, sha=np.array(shas), layers=np.array(layers), window=window, **arrays)
-    return {pool: np.stack([cache[_sha(t)][pool] for t in texts]) for pool in POOLS}
+    return {pool: np.stack([cache[sha][pool] for sha in shas_of]) for pool in POOLS}
 
 
 def plot(result: dict, path: Path, references: dict[str, float]) -> None:
