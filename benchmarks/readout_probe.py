@@ -14,6 +14,9 @@ whether a different reading would do better:
   first copy (Springer et al. 2024, "Repetition improves language model embeddings", arXiv 2402.15449).
 * ``--pools mean``: the mean of the hidden states over the input's own tokens (the quoted text)
   instead of the decision position.
+* ``--pools mean_normed``: the same mean of each token's state after the model's final norm
+  (``model.model.norm``), which is what a model truncated to that layer returns per token (e.g. a
+  vLLM pooling model with ``num_hidden_layers`` overridden).
 
 Layers are ``hidden_states`` indices (0 = the embeddings, the last = after the final norm, which is
 what the decision token reads). Writes ``readout_probe.json``: AUROC and accuracy of each
@@ -36,34 +39,27 @@ import torch
 from tqdm import tqdm
 
 ECHO = "{instruction} {rule}\n\nInput:\n{input}\n\nInput again:\n{input}\n\n"
-POOLS = ("last", "mean")
-
-
-def input_span(template, tokenizer, text: str) -> tuple[list[int], int, int]:
-    """The prompt's token ids and the [start, end) of the first copy of the quoted input in them."""
-    from guardcal.core.prompt import quote_input
-
-    prompt = template.render(text)
-    start_char = prompt.index(quote_input(text))
-    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    end_char = start_char + len(quote_input(text))
-    inside = [k for k, (a, b) in enumerate(offsets) if a >= start_char and b <= end_char and b > a]
-    return ids, inside[0], inside[-1] + 1
+POOLS = ("last", "mean", "mean_normed")
 
 
 def features(model, tokenizer, template, texts, window: int, layers: list[int]) -> dict[str, np.ndarray]:
-    """``{pool: [rows, len(layers), hidden]}``: each layer's hidden state at the decision position and its
-    mean over the input's tokens."""
+    """``{pool: [rows, len(layers), hidden]}``: each layer's hidden state at the decision position, its
+    mean over the input's tokens, and that mean after the final norm (the last layer is already normed)."""
+    from guardcal.core.pooled_head import input_span
     from guardcal.core.windows import first_window
 
+    norm = model.get_decoder().norm
+    top = model.config.num_hidden_layers
     rows: dict[str, list[np.ndarray]] = {pool: [] for pool in POOLS}
     with torch.inference_mode():
         for text in tqdm(texts, desc="hidden states", leave=False):
             ids, start, end = input_span(template, tokenizer, first_window(text, tokenizer, window))
             states = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            span = [states[k][0, start:end] for k in layers]
+            normed = [h if k == top else norm(h) for k, h in zip(layers, span, strict=True)]
             rows["last"].append(np.stack([states[k][0, -1].float().numpy() for k in layers]))
-            rows["mean"].append(np.stack([states[k][0, start:end].mean(0).float().numpy() for k in layers]))
+            rows["mean"].append(np.stack([h.float().mean(0).numpy() for h in span]))
+            rows["mean_normed"].append(np.stack([h.float().mean(0).numpy() for h in normed]))
     return {pool: np.stack(r) for pool, r in rows.items()}
 
 
@@ -89,13 +85,15 @@ def _sha(text: str) -> str:
 
 def cached_features(out: Path, name: str, template, loaded, texts: list[str], window: int, layers: list[int]):
     """``{pool: [rows, layers, hidden]}`` of ``texts`` under one prompt. Rows already in ``out``'s cache
-    for this prompt (same layers and window) are read from it, keyed by the text's sha256; the rest are
-    computed and added to it."""
+    for this prompt (same layers, window, dtype and pools) are read from it, keyed by the text's sha256;
+    the rest are computed and added to it."""
     path = out / f"features_{name}.npz"
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
     cache: dict[str, dict[str, np.ndarray]] = {}
     if path.exists():
         got = dict(np.load(path))  # each array read once: indexing an NpzFile reads the whole array again
-        if got["layers"].tolist() == layers and int(got["window"]) == window:
+        same = got["layers"].tolist() == layers and int(got["window"]) == window and set(POOLS) <= set(got)
+        if same and str(got.get("dtype", "float32")) == dtype:
             cache = {sha: {pool: got[pool][k] for pool in POOLS} for k, sha in enumerate(got["sha"].tolist())}
     shas_of = [_sha(t) for t in texts]  # each text hashed once
     missing = sorted({sha: t for sha, t in zip(shas_of, texts, strict=True) if sha not in cache}.items())
@@ -104,7 +102,7 @@ def cached_features(out: Path, name: str, template, loaded, texts: list[str], wi
         cache |= {sha: {pool: fresh[pool][k] for pool in POOLS} for k, (sha, _) in enumerate(missing)}
         shas = list(cache)
         arrays = {pool: np.stack([cache[sha][pool] for sha in shas]) for pool in POOLS}
-        np.savez(path, sha=np.array(shas), layers=np.array(layers), window=window, **arrays)
+        np.savez(path, sha=np.array(shas), layers=np.array(layers), window=window, dtype=dtype, **arrays)
     return {pool: np.stack([cache[sha][pool] for sha in shas_of]) for pool in POOLS}
 
 
@@ -137,6 +135,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model", default="default")
     ap.add_argument("--adapter", default=None, help="an adapter folder, or none for the base model")
     ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 on a CPU with native bf16")
     ap.add_argument("--train-dataset", default="openai-moderation:train", help="rows the probes are fitted on")
     ap.add_argument(
         "--also",
@@ -164,7 +163,7 @@ def parse_args() -> argparse.Namespace:
     if not set(args.prompts.split(",")) <= {"default", "echo"} or "default" not in args.prompts.split(","):
         ap.error("--prompts: default, optionally with echo (e.g. default,echo)")
     if not set(args.pools.split(",")) <= set(POOLS) or "last" not in args.pools.split(","):
-        ap.error("--pools: last, optionally with mean (e.g. last,mean)")
+        ap.error("--pools: last, optionally with mean and/or mean_normed (e.g. last,mean)")
     return args
 
 
@@ -240,7 +239,7 @@ def main() -> int:
     args = parse_args()
     t0 = time.time()
     layers = [int(k) for k in args.layers.split(",")]
-    loaded = load_model(args.model, args.adapter, dtype="float32")
+    loaded = load_model(args.model, args.adapter, dtype=args.dtype)
     loaded.model.eval()
     sets = {key: load_dataset(key) for key in (args.train_dataset, CALIB, *args.also)}
     texts = {key: [e.text for e in rows] for key, rows in sets.items()}
@@ -248,6 +247,7 @@ def main() -> int:
     yca = labels[CALIB]
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "adapter": args.adapter, "window": args.window, "layers": layers}
+    result |= {"dtype": args.dtype}
     result |= {"train_dataset": args.train_dataset}
     result["probes"], scores = fit_probes(args, loaded, texts, labels, layers)
     others = {key: s for key, s in scores.items() if not key.startswith("default/last@")}

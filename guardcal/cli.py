@@ -40,7 +40,11 @@ def add_scoring_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="default", help="'default' (SmolLM2-135M-Instruct, embedded), a local folder or a HF id"
     )
-    parser.add_argument("--adapter", help="PEFT adapter folder (safetensors), or 'default' (the shipped adapter)")
+    parser.add_argument(
+        "--adapter",
+        help="adapter folder (a PEFT adapter in safetensors and/or a pooled head, pooled_head.safetensors), "
+        "or 'default' (the shipped adapter)",
+    )
     parser.add_argument(
         "--reasoning",
         action="store_true",

@@ -216,6 +216,7 @@ def open_session(cfg: EvalConfig) -> ScoringSession:
         # the weights are fixed here (unlike training's evaluation), so score as the server does: the
         # instruction prefix's KV cache reused, direct reads packed, both self-checked at the first call
         prefix_cache=True,
+        head=loaded.head,
     )
     return ScoringSession(scorer, model_identity(cfg.model), adapter_fingerprint(cfg.adapter))
 

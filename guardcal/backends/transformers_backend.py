@@ -114,6 +114,7 @@ class TransformersBackend(ClassifierBackend):
             max_windows=self.max_windows,
             prefix_cache=self.prefix_cache,
             packing=not self.compile,  # a per-request loop in attention would recompile per batch shape
+            head=loaded.head,
         )
         self.scorer.prefix()  # build (and self-check) the prefix cache before the first request
         _log.info(

@@ -104,7 +104,13 @@ class VLLMBackend(ClassifierBackend):
 
         from guardcal.backends.precision import resolve_dtype
         from guardcal.core.profiles import load_profile
+        from guardcal.models.loading import load_head
 
+        if adapter is not None and load_head(adapter) is not None:
+            raise BackendError(
+                f"--adapter {adapter} holds a pooled head, which the vllm backend does not read yet (it reads "
+                "decision tokens); serve it with --backend transformers"
+            )
         require_vllm()
         if kv_cache_bytes < 1 << 20:
             raise ConfigError(f"kv_cache_bytes={kv_cache_bytes} is below 1 MiB; give e.g. {DEFAULT_KV_CACHE_BYTES}")

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardcal.assets import DEFAULT, DEFAULT_ADAPTER
+from guardcal.core.pooled_head import FILENAME as HEAD_FILE
+from guardcal.core.pooled_head import PooledHead
 from guardcal.errors import ModelError
 from guardcal.models.default import DEFAULT_MODEL, default_model_dir, guardcal_home
 
@@ -34,12 +36,15 @@ def resolve_adapter(adapter: str | Path) -> Path:
 
 
 def check_adapter_dir(adapter: str | Path) -> Path:
-    """An adapter folder must hold ``adapter_config.json`` and safetensors weights."""
+    """An adapter folder holds a PEFT adapter (``adapter_config.json`` and safetensors weights), a
+    pooled head (``pooled_head.safetensors``, ``core.pooled_head``), or both."""
     path = resolve_adapter(adapter)
     if not (path / "adapter_config.json").is_file():
+        if (path / HEAD_FILE).is_file():
+            return path
         raise ModelError(
-            f"{path} is not a PEFT adapter folder (no adapter_config.json); pass the "
-            "output directory written by `guardcal train`"
+            f"{path} is not a PEFT adapter folder (no adapter_config.json) nor a pooled head's "
+            f"(no {HEAD_FILE}); pass the output directory written by `guardcal train`"
         )
     if not (path / "adapter_model.safetensors").is_file():
         pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
@@ -59,6 +64,21 @@ class LoadedModel:
     tokenizer: Any
     model_id: str
     adapter: str | None
+    #: the adapter folder's pooled head: the guard reads it instead of the decision token
+    head: PooledHead | None = None
+
+
+def has_lora(adapter: str | Path) -> bool:
+    """True when the adapter folder holds PEFT weights (not only a pooled head)."""
+    return (check_adapter_dir(adapter) / "adapter_config.json").is_file()
+
+
+def load_head(adapter: str | Path | None) -> PooledHead | None:
+    """The adapter folder's pooled head, or None (no adapter, or a LoRA-only one)."""
+    if adapter is None:
+        return None
+    path = check_adapter_dir(adapter) / HEAD_FILE
+    return PooledHead.load(path) if path.is_file() else None
 
 
 def _local_only(path: str) -> bool:
@@ -99,12 +119,26 @@ def load_model(
             f"cannot load model {model!r}: {exc}. Pass --model default, a local folder, "
             "or a Hugging Face id that is in the local cache"
         ) from exc
-    if adapter is not None:
+    if adapter is not None and has_lora(adapter):
         from peft import PeftModel
 
         lm = PeftModel.from_pretrained(lm, str(check_adapter_dir(adapter)))
+    head = load_head(adapter)
+    if head is not None:
+        check_head_fits(head, lm.config)
     lm.to(torch.device(device)).eval()
-    return LoadedModel(lm, load_tokenizer(model), model, str(adapter) if adapter else None)
+    return LoadedModel(lm, load_tokenizer(model), model, str(adapter) if adapter else None, head)
+
+
+def check_head_fits(head: PooledHead, config: Any) -> None:
+    """A head's layers and width must exist in the model it is served with."""
+    layers, width = int(config.num_hidden_layers), int(config.hidden_size)
+    wrong = [layer for _, layer in head.readouts if not 0 <= layer <= layers]
+    if wrong or head.hidden_size != width:
+        raise ModelError(
+            f"the pooled head reads layers {[layer for _, layer in head.readouts]} of width {head.hidden_size}, "
+            f"but the model has layers 0..{layers} of width {width}; serve the head with the model it was fitted on"
+        )
 
 
 def model_device(model: Any) -> torch.device:
@@ -177,14 +211,16 @@ def weights_fingerprint(folder: Path) -> str:
 
 
 def adapter_fingerprint(adapter: str | Path | None) -> str | None:
-    """sha256 over the adapter's config and safetensors weights (None without an adapter)."""
+    """sha256 over the adapter's config and safetensors weights, and its pooled head when it has one
+    (None without an adapter). A LoRA-only folder hashes as it did before heads existed."""
     if adapter is None:
         return None
     import hashlib
 
     path = check_adapter_dir(adapter)
     h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
+    names = ("adapter_config.json", "adapter_model.safetensors") if has_lora(path) else ()
+    for name in (*names, *((HEAD_FILE,) if (path / HEAD_FILE).is_file() else ())):
         with (path / name).open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)

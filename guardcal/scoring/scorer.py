@@ -37,6 +37,7 @@ import numpy as np
 
 from guardcal.core.confidence import Scores, from_label_logprobs
 from guardcal.core.labels import LabelSpec
+from guardcal.core.pooled_head import PooledHead, input_span
 from guardcal.core.prompt import THINK_CLOSE, Item, PromptTemplate
 from guardcal.core.windows import (
     DEFAULT_MAX_TOKENS,
@@ -46,6 +47,7 @@ from guardcal.core.windows import (
     decisive,
     split_texts,
 )
+from guardcal.errors import ModelError
 from guardcal.scoring.packed import disable_packing, enable_packing, forward_packed
 from guardcal.scoring.prefix_cache import (
     PrefixKV,
@@ -111,7 +113,13 @@ class HFScorer:
         prefix_cache: bool = False,
         packing: bool = True,
         max_windows: int | None = None,
+        head: PooledHead | None = None,
     ) -> None:
+        if head is not None and template is not None and template.reasoning:
+            raise ModelError("a pooled head reads direct-mode prompts; serve or evaluate it without --reasoning")
+        #: read this head over the input's pooled states instead of the decision token (``core.pooled_head``)
+        self.head = head
+        prefix_cache = prefix_cache and head is None  # the head reads every token's state, prefix included
         self.model = model
         self.tokenizer = tokenizer
         self.template = (template or PromptTemplate()).bind(tokenizer)
@@ -126,6 +134,8 @@ class HFScorer:
         self.packing = prefix_cache and packing and not self.template.reasoning
         #: why the prefix cache is on or off ("on: 72 tokens", "off: ...")
         self.prefix_status = "off: not asked for" if not prefix_cache else "not built yet"
+        if head is not None:
+            self.prefix_status = "off: a pooled head reads the input's own states"
         #: decision reads that used the cached prefix / the full prompt
         self.rows_cached = 0
         self.rows_full = 0
@@ -171,6 +181,8 @@ class HFScorer:
 
     def _score_rows(self, texts: Sequence[Item], progress: bool = False) -> Scored:
         """Score ``texts`` (each rendered as given) in length-sorted batches; results keep input order."""
+        if self.head is not None:
+            return Scored(self._read_head(texts, progress))
         prompts = self.prompts(texts)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         parts: list[Scores] = []
@@ -194,6 +206,17 @@ class HFScorer:
         if not self.template.reasoning:
             return Scored(scores)
         return Scored(scores, [reasoning[i] for i in inverse])
+
+    def _read_head(self, texts: Sequence[Item], progress: bool) -> Scores:
+        """The pooled head's reading of each text: one forward per prompt, no padding in any mean."""
+        from guardcal.scoring.pooled import pooled_features
+
+        assert self.head is not None
+        spans = [input_span(self.template, self.tokenizer, t) for t in texts]
+        chunks = [spans[i : i + self.batch_size] for i in range(0, len(spans), self.batch_size)]
+        feats = [pooled_features(self.model, chunk, self.head.readouts) for chunk in _progress(chunks, progress)]
+        self.rows_full += len(texts)
+        return self.head.scores(np.concatenate(feats)) if feats else Scores.concat([])
 
     def _encode(self, batch: list[str]) -> dict[str, Any]:
         import torch

@@ -163,12 +163,17 @@ class TrainConfig:
         self._check_advantage()
         self._check_capo()
         if self.adapter is not None:
-            from guardcal.models.loading import check_adapter_dir
+            from guardcal.models.loading import has_lora
 
             try:
-                check_adapter_dir(self.adapter)
+                lora = has_lora(self.adapter)
             except ModelError as exc:
                 raise ConfigError(f"--adapter {self.adapter}: {exc}") from exc
+            if not lora:
+                raise ConfigError(
+                    f"--adapter {self.adapter} holds only a pooled head, which training cannot continue: "
+                    "start from a LoRA adapter folder, or from the base model (no --adapter)"
+                )
         if self.lambda_ce < 0:
             raise ConfigError(f"lambda_ce must be >= 0 (it weighs a loss), got {self.lambda_ce}")
         positive = (
