@@ -208,15 +208,15 @@ class HFScorer:
         return Scored(scores, [reasoning[i] for i in inverse])
 
     def _read_head(self, texts: Sequence[Item], progress: bool) -> Scores:
-        """The pooled head's reading of each text: one forward per prompt, no padding in any mean."""
+        """The pooled head's reading of each text, one prompt per forward: on CPU that is faster than
+        right-padded forwards of 16 and than the served decision token (``benchmarks/head_speed.py``)."""
         from guardcal.scoring.pooled import pooled_features
 
         assert self.head is not None
         spans = [input_span(self.template, self.tokenizer, t) for t in texts]
-        chunks = [spans[i : i + self.batch_size] for i in range(0, len(spans), self.batch_size)]
-        feats = [pooled_features(self.model, chunk, self.head.readouts) for chunk in _progress(chunks, progress)]
+        feats = [pooled_features(self.model, [span], self.head.readouts) for span in _progress(spans, progress)]
         self.rows_full += len(texts)
-        return self.head.scores(np.concatenate(feats)) if feats else Scores.concat([])
+        return self.head.scores(np.concatenate(feats) if feats else np.zeros((0, len(self.head.weight))))
 
     def _encode(self, batch: list[str]) -> dict[str, Any]:
         import torch

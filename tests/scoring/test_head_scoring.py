@@ -56,7 +56,7 @@ def test_scorer_reads_the_head_not_the_decision_token(default_model, head_dir) -
     got = scorer.score(texts).scores
     spans = [input_span(scorer.template, default_model.tokenizer, t) for t in texts]
     want = head.logits(pooled_features(default_model.model, spans, READOUTS))
-    assert got.logit == pytest.approx(want, abs=1e-6)
+    assert got.logit == pytest.approx(want, abs=1e-4)  # want ran as one padded forward
     assert got.label_mass == pytest.approx(np.ones(3)) and got.decided.all()
     plain = HFScorer(default_model.model, default_model.tokenizer, template).score(texts).scores
     assert not plain.logit == pytest.approx(got.logit, abs=1e-2)
@@ -109,3 +109,14 @@ def test_where_a_head_cannot_be_used_it_is_refused(head_dir, tmp_path) -> None: 
         load_model("default", tmp_path)
     with pytest.raises(ModelError, match="nor a pooled head"):
         check_adapter_dir(tmp_path / "nothing")
+
+
+def test_padded_forwards_read_as_one_prompt_at_a_time(default_model) -> None:  # type: ignore[no-untyped-def]
+    """Right padding reaches no mean and no last state: a padded forward's features equal single-prompt ones."""
+    texts = ["ok", "I will hurt you", "a recipe for bread with flour, water, salt and a long rest " * 6, "é"]
+    template = PromptTemplate().bind(default_model.tokenizer)
+    readouts = (("last", 30), ("mean", 10))
+    spans = [input_span(template, default_model.tokenizer, t) for t in texts]
+    together = pooled_features(default_model.model, spans, readouts, pad_id=default_model.tokenizer.pad_token_id)
+    apart = np.concatenate([pooled_features(default_model.model, [s], readouts) for s in spans])
+    assert together == pytest.approx(apart, abs=1e-4)
