@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 ECHO = "{instruction} {rule}\n\nInput:\n{input}\n\nInput again:\n{input}\n\n"
@@ -44,23 +43,19 @@ POOLS = ("last", "mean", "mean_normed")
 
 def features(model, tokenizer, template, texts, window: int, layers: list[int]) -> dict[str, np.ndarray]:
     """``{pool: [rows, len(layers), hidden]}``: each layer's hidden state at the decision position, its
-    mean over the input's tokens, and that mean after the final norm (the last layer is already normed)."""
+    mean over the input's tokens, and that mean after the final norm (the last layer is already normed),
+    read by the scorer's own code (``guardcal.scoring.pooled``), one forward per text."""
     from guardcal.core.pooled_head import input_span
     from guardcal.core.windows import first_window
+    from guardcal.scoring.pooled import pooled_features
 
-    norm = model.get_decoder().norm
-    top = model.config.num_hidden_layers
-    rows: dict[str, list[np.ndarray]] = {pool: [] for pool in POOLS}
-    with torch.inference_mode():
-        for text in tqdm(texts, desc="hidden states", leave=False):
-            ids, start, end = input_span(template, tokenizer, first_window(text, tokenizer, window))
-            states = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
-            span = [states[k][0, start:end] for k in layers]
-            normed = [h if k == top else norm(h) for k, h in zip(layers, span, strict=True)]
-            rows["last"].append(np.stack([states[k][0, -1].float().numpy() for k in layers]))
-            rows["mean"].append(np.stack([h.float().mean(0).numpy() for h in span]))
-            rows["mean_normed"].append(np.stack([h.float().mean(0).numpy() for h in normed]))
-    return {pool: np.stack(r) for pool, r in rows.items()}
+    readouts = [(pool, k) for pool in POOLS for k in layers]
+    rows = []
+    for text in tqdm(texts, desc="hidden states", leave=False):
+        span = input_span(template, tokenizer, first_window(text, tokenizer, window))
+        rows.append(pooled_features(model, [span], readouts)[0].reshape(len(POOLS), len(layers), -1))
+    stacked = np.stack(rows)
+    return {pool: stacked[:, j] for j, pool in enumerate(POOLS)}
 
 
 def probe(xtr: np.ndarray, ytr: np.ndarray):  # type: ignore[no-untyped-def]
