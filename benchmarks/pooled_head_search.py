@@ -37,7 +37,7 @@ import numpy as np
 
 CALIB = "openai-moderation:calib"
 FLOOR = 0.84
-GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # guardcal.train.head.GRID
 WEIGHTINGS = ("class", "domain", "oai2")
 MEANS = (("base", "mean", 10), ("base", "mean", 15), ("base", "mean", 20))
 NORMED = (("base", "mean_normed", 10), ("base", "mean_normed", 15), ("base", "mean_normed", 20))
@@ -78,11 +78,10 @@ def row_weights(domain: np.ndarray, y: np.ndarray, weighting: str) -> np.ndarray
 
 
 def head(c: float):  # type: ignore[no-untyped-def]
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """guardcal's head pipeline (``guardcal.train.head``): standardise, then logistic regression."""
+    from guardcal.train.head import head_pipeline
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+    return head_pipeline(c)
 
 
 def rule_cv(x: np.ndarray, y: np.ndarray, domain: np.ndarray, weighting: str, seed: int = 0) -> dict[float, float]:
@@ -143,17 +142,16 @@ def save_head(folder: Path, fitted, readouts, adapter: str | None, variant: str)
     """The fitted pipeline as ``core.pooled_head.PooledHead`` in ``folder``, beside a copy of ``adapter``'s LoRA."""
     import shutil
 
-    from guardcal.core.pooled_head import FILENAME, PooledHead
+    from guardcal.core.pooled_head import FILENAME
     from guardcal.models.loading import check_adapter_dir
+    from guardcal.train.head import to_head
 
     folder.mkdir(parents=True, exist_ok=True)
     if adapter is not None:
         source = check_adapter_dir(adapter)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copyfile(source / name, folder / name)
-    scaler, lr = fitted[0], fitted[1]
-    pairs = tuple((pool, layer) for _, pool, layer in readouts)
-    PooledHead(pairs, lr.coef_[0], scaler.mean_, scaler.scale_, float(lr.intercept_[0])).save(folder / FILENAME)
+    to_head(fitted, tuple((pool, layer) for _, pool, layer in readouts)).save(folder / FILENAME)
     (folder / "head_fit.json").write_text(json.dumps({"variant": variant, "adapter": adapter}, indent=2) + "\n")
 
 

@@ -134,7 +134,7 @@ def shipped_bundle_setting(args: argparse.Namespace) -> tuple[str | None, bool, 
 
 class TrainCommand(Command):
     name = "train"
-    help = "train a LoRA guard adapter: sft, grpo, cal-grpo (calibration-aware GRPO), rlcr or capo"
+    help = "train a LoRA guard adapter (sft, grpo, cal-grpo = calibration-aware GRPO, rlcr, capo) or fit a pooled head"
 
     def register(self, parser: argparse.ArgumentParser) -> None:
         from dataclasses import fields

@@ -94,7 +94,7 @@ class PooledHead:
 
         path = Path(path)
         if not path.is_file():
-            raise ModelError(f"no pooled head at {path}; write one with benchmarks/pooled_head_search.py --save-head")
+            raise ModelError(f"no pooled head at {path}; fit one with `guardcal train --method head`")
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}

@@ -8,14 +8,21 @@ from typing import Any
 
 from guardcal.errors import ConfigError, ModelError
 
-METHODS = ("sft", "grpo", "cal-grpo", "rlcr", "capo")
+METHODS = ("sft", "grpo", "cal-grpo", "rlcr", "capo", "head")
 ADVANTAGES = ("auto", "beta", "group", "pairwise")
 CE_VARIANTS = ("full", "renorm")
 CALIBRATION_LOSSES = ("ce", "brier")
 CAPO_SCORES = ("logit", "logprob")
 # "auto" resolves per method: BNPO for grpo/cal-grpo (and sft, where it is unused), the group-standardised
 # advantage for rlcr (its rewards are not 0/1), CAPO's pairwise advantage for capo.
-AUTO_ADVANTAGE = {"sft": "beta", "grpo": "beta", "cal-grpo": "beta", "rlcr": "group", "capo": "pairwise"}
+AUTO_ADVANTAGE = {
+    "sft": "beta",
+    "grpo": "beta",
+    "cal-grpo": "beta",
+    "rlcr": "group",
+    "capo": "pairwise",
+    "head": "beta",
+}
 # options that only one method reads: giving them to another method is an error, not a silent no-op
 METHOD_ONLY = {
     "calibration_loss": "cal-grpo",
@@ -26,6 +33,8 @@ METHOD_ONLY = {
     "capo_mask_high_quantile": "capo",
     "capo_ppl_low": "capo",
     "capo_ppl_high": "capo",
+    "head_readouts": "head",
+    "head_domain_prefix": "head",
 }
 PROFILES = ("cpu-small", "paper", "guard")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
@@ -73,6 +82,16 @@ class TrainConfig:
     seed: int = _f(0, "random seed")
     warmup_ratio: float = _f(0.0, "share of the optimiser steps spent warming the learning rate up from 0")
     lr_scheduler: str = _f("linear", f"learning-rate schedule after warm-up: one of {LR_SCHEDULERS}")
+    head_readouts: str = _f(
+        "",
+        "method head: POOL@LAYER readouts (mean, mean_normed, last; hidden_states indices), comma-separated; "
+        "empty = the means at a third, half and two thirds of the layers and the decision position at the top",
+    )
+    head_domain_prefix: str = _f(
+        "",
+        "method head: rows whose id starts with this weigh as much as all the others together, each class "
+        "balanced within (e.g. 'oai-' in a request mix); empty = the classes balanced",
+    )
     class_balance: str = _f(
         "none",
         f"{CLASS_BALANCES}: 'weight' weighs each SFT row's loss by the inverse of its label's share of the "
@@ -193,7 +212,7 @@ class TrainConfig:
             raise ConfigError(f"reasoning_budget must be >= 0, got {self.reasoning_budget}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.method != "sft":
+        if self.method not in ("sft", "head"):
             self._check_generation_batch()
 
     def _check_choices(self) -> None:
@@ -365,7 +384,7 @@ def build_config(overrides: dict[str, Any], yaml_file: str | Path | None = None)
             f"{', '.join(misplaced)} only apply to method {METHOD_ONLY[misplaced[0]]!r}, but the method is "
             f"{method!r}; remove them or change --method"
         )
-    base = PROFILE_VALUES[profile]["sft" if method == "sft" else "grpo"]
+    base = PROFILE_VALUES[profile]["sft" if method in ("sft", "head") else "grpo"]
     cfg = TrainConfig(**{**base, **given})
     if not cfg.output:
         raise ConfigError("no output folder; pass --output DIR")

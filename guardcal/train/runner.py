@@ -167,7 +167,17 @@ def grpo_trainer(cfg: TrainConfig, parts: TrainerParts) -> Any:
 
 
 def run_training(cfg: TrainConfig) -> Path:
-    """Train, save the adapter and the records; resume from the newest checkpoint in ``output``."""
+    """Train, save the adapter and the records; resume from the newest checkpoint in ``output``. Method
+    ``head`` takes no gradient steps: it fits a pooled head on the frozen model's states (``train.head``)."""
+    if cfg.method == "head":
+        from guardcal.train.head import fit_head
+
+        return fit_head(cfg)
+    return _train_adapter(cfg)
+
+
+def _train_adapter(cfg: TrainConfig) -> Path:
+    """The LoRA methods (sft and the GRPO family): train, save the adapter and the records."""
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
