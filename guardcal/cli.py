@@ -165,7 +165,10 @@ class TrainCommand(Command):
         from guardcal.train.runner import run_training
 
         out = run_training(cfg)
-        print(f"wrote the adapter, train_config.json, log.jsonl and train_summary.json to {out}")
+        if cfg.method == "head":
+            print(f"wrote pooled_head.safetensors, head_fit.json and train_config.json to {out}")
+        else:
+            print(f"wrote the adapter, train_config.json, log.jsonl and train_summary.json to {out}")
         return 0
 
 
