@@ -271,7 +271,7 @@ class TrainConfig:
 
     @property
     def reasoning(self) -> bool:
-        return self.method != "sft" and self.reasoning_budget > 0
+        return self.method not in ("sft", "head") and self.reasoning_budget > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -131,7 +131,7 @@ def fit_head(cfg: Any) -> Path:
             )
     loaded = load_model(cfg.model, cfg.adapter, dtype="float32")
     readouts = parse_readouts(cfg.head_readouts, int(loaded.model.config.num_hidden_layers))
-    template = PromptTemplate.for_profile(load_profile(cfg.prompt), False).bind(loaded.tokenizer)
+    template = PromptTemplate.for_profile(load_profile(cfg.prompt), cfg.reasoning).bind(loaded.tokenizer)
     x = np.stack(
         [
             pooled_features(

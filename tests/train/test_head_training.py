@@ -110,3 +110,9 @@ def test_a_domain_prefix_that_splits_nothing_is_refused(tmp_path, mix, capsys) -
     assert main([*argv, "--output", str(tmp_path / "x")]) == 2
     assert "puts all 40 rows in one domain" in capsys.readouterr().err
     assert not (tmp_path / "x" / "pooled_head.safetensors").exists()
+
+
+def test_a_head_run_reads_the_direct_prompt() -> None:
+    """A head reads direct-mode prompts (the scorer refuses reasoning ones), whatever the reasoning budget."""
+    assert not build_config({"method": "head", "output": "o", "reasoning_budget": 64}).reasoning
+    assert build_config({"method": "grpo", "output": "o", "reasoning_budget": 64}).reasoning
