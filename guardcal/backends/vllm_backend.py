@@ -103,10 +103,12 @@ class VLLMBackend(ClassifierBackend):
         import torch
 
         from guardcal.backends.precision import resolve_dtype
+        from guardcal.core.pooled_head import FILENAME as HEAD_FILE
         from guardcal.core.profiles import load_profile
-        from guardcal.models.loading import load_head
+        from guardcal.models.loading import resolve_adapter
 
-        if adapter is not None and load_head(adapter) is not None:
+        # only whether there is a head: the folder itself is checked (pickle refused) when the engine starts
+        if adapter is not None and (resolve_adapter(adapter) / HEAD_FILE).is_file():
             raise BackendError(
                 f"--adapter {adapter} holds a pooled head, which the vllm backend does not read yet (it reads "
                 "decision tokens); serve it with --backend transformers"
