@@ -15,6 +15,9 @@ fitted with one serves with the other:
 - reasoning mode: greedy generation of up to ``max_new_tokens`` tokens, stopped at
   ``</think>``, then ``\\n</think>\\nClassification:`` is appended and the decision token
   read as above (what ``HFScorer`` does);
+- a pooled head (``pooled_head.safetensors`` in the adapter folder) is read instead of the
+  decision token: the engine runs as a pooling model that returns the head's layers per token
+  (``vllm_readout``), and the head reads them as ``HFScorer`` does, window by window;
 - a LoRA adapter is served with ``enable_lora`` + one ``LoRARequest``; the instruction
   prefix shared by every prompt is reused by automatic prefix caching; the KV cache is
   bounded (``kv_cache_bytes``).
@@ -34,10 +37,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from guardcal.backends.base import ClassifierBackend
 from guardcal.backends.vllm_engine import EngineLoop
 from guardcal.core.confidence import Scores, from_top_logprobs
 from guardcal.core.labels import LabelSpec
+from guardcal.core.pooled_head import PooledHead, input_span
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
 from guardcal.core.windows import (
     DEFAULT_MAX_TOKENS,
@@ -103,16 +109,8 @@ class VLLMBackend(ClassifierBackend):
         import torch
 
         from guardcal.backends.precision import resolve_dtype
-        from guardcal.core.pooled_head import FILENAME as HEAD_FILE
         from guardcal.core.profiles import load_profile
-        from guardcal.models.loading import resolve_adapter
 
-        # only whether there is a head: the folder itself is checked (pickle refused) when the engine starts
-        if adapter is not None and (resolve_adapter(adapter) / HEAD_FILE).is_file():
-            raise BackendError(
-                f"--adapter {adapter} holds a pooled head, which the vllm backend does not read yet (it reads "
-                "decision tokens); serve it with --backend transformers"
-            )
         require_vllm()
         if kv_cache_bytes < 1 << 20:
             raise ConfigError(f"kv_cache_bytes={kv_cache_bytes} is below 1 MiB; give e.g. {DEFAULT_KV_CACHE_BYTES}")
@@ -137,6 +135,9 @@ class VLLMBackend(ClassifierBackend):
         self._think_params: Any = None
         self._identity: dict[str, Any] = {}
         self._adapter_dir: Path | None = None
+        #: a pooled head read in place of the decision token (``vllm_readout``), when the adapter has one
+        self.head: PooledHead | None = None
+        self._top_layer = 0
         self._torch_threads: tuple[Any, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -148,7 +149,7 @@ class VLLMBackend(ClassifierBackend):
         # the engine runs torch on one thread (_build_engine) and vLLM's CPU worker disables
         # torch.set_num_threads for the whole process; aclose() puts both back for what runs after
         self._torch_threads = (torch.set_num_threads, torch.get_num_threads())
-        self._engine = EngineLoop(self._build_engine)
+        self._engine = EngineLoop(self._build_engine, pooling_task="token_embed" if self.head is not None else None)
         try:
             await self._engine.start()
             await self.score(["warm-up"])  # first request pays one-off kernel set-up before /readyz says ready
@@ -159,8 +160,16 @@ class VLLMBackend(ClassifierBackend):
 
     def _prepare(self) -> None:
         """Tokenizer, label spec, identity and sampling parameters (no engine yet)."""
-        from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, load_tokenizer, model_identity
+        from guardcal.models.loading import (
+            adapter_fingerprint,
+            check_adapter_dir,
+            has_lora,
+            load_head,
+            load_tokenizer,
+            model_identity,
+        )
 
+        self.head = self._load_head(load_head(self.adapter))
         self.tokenizer = load_tokenizer(self.model)
         self.template = self.template.bind(self.tokenizer)
         self.spec = LabelSpec.from_tokenizer(self.tokenizer, self.template.spec.surfaces())
@@ -186,8 +195,23 @@ class VLLMBackend(ClassifierBackend):
             max_tokens=1, temperature=0.0, allowed_token_ids=label_ids, logprob_token_ids=label_ids, detokenize=False
         )
         self._think_params = SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0, stop=[THINK_CLOSE])
-        if adapter_dir is not None:
+        if adapter_dir is not None and has_lora(adapter_dir):
             self._lora = LoRARequest("guardcal-adapter", 1, str(adapter_dir))
+
+    def _load_head(self, head: PooledHead | None) -> PooledHead | None:
+        """The adapter's pooled head, checked against the model (its layers and width) and the mode."""
+        if head is None:
+            return None
+        from transformers import AutoConfig
+
+        from guardcal.models.loading import check_head_fits, resolve_model
+
+        if self.template.reasoning:
+            raise ConfigError("a pooled head reads direct-mode prompts; serve it without --reasoning")
+        config = AutoConfig.from_pretrained(resolve_model(self.model))
+        check_head_fits(head, config.get_text_config())
+        self._top_layer = int(config.get_text_config().num_hidden_layers)
+        return head
 
     def _build_engine(self) -> Any:
         """Runs on the engine thread: the ``vllm.LLM`` with guardcal's settings."""
@@ -219,8 +243,14 @@ class VLLMBackend(ClassifierBackend):
         }
         if self.tensor_parallel_size > 1:  # GPU deployments: one model over N GPUs
             kwargs["tensor_parallel_size"] = self.tensor_parallel_size
-        if self._adapter_dir is not None:
+        if self._lora is not None and self._adapter_dir is not None:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank_for(self._adapter_dir))
+        if self.head is not None:  # a pooling engine returning the head's layers per token
+            from transformers import AutoConfig
+
+            from guardcal.backends.vllm_readout import engine_kwargs
+
+            kwargs.update(engine_kwargs(self.head, AutoConfig.from_pretrained(path)))
         try:
             return LLM(**kwargs)
         except Exception as exc:
@@ -273,6 +303,10 @@ class VLLMBackend(ClassifierBackend):
         counts, tokens = [len(p.texts) for p in parts], [p.input_tokens for p in parts]
         if not rows:
             return WindowedScores.from_windows(from_top_logprobs([], self._label_spec()), counts, tokens)
+        if self.head is not None:
+            spans = await asyncio.to_thread(self._spans, rows)
+            outputs = await _gather(engine.submit(_tokens(ids), None, self._lora) for ids, _, _ in spans)
+            return WindowedScores.from_windows(self._read_head(outputs, spans), counts, tokens)
         prompts = await asyncio.to_thread(self.prompts, rows)
         if self.template.reasoning:
             ids = await asyncio.to_thread(self._encode_all, prompts)
@@ -296,6 +330,24 @@ class VLLMBackend(ClassifierBackend):
     def _encode_all(self, prompts: list[str]) -> list[list[int]]:
         # the same token ids HFScorer feeds the model (no special tokens added)
         return [list(self.tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
+
+    def _spans(self, texts: list[str]) -> list[tuple[list[int], int, int]]:
+        """Each prompt's token ids and its judged text's token span (``core.pooled_head.input_span``)."""
+        return [input_span(self.template, self.tokenizer, t) for t in texts]
+
+    def _read_head(self, outputs: list[Any], spans: list[tuple[list[int], int, int]]) -> Scores:
+        """The head over each prompt's per-token rows (``vllm_readout.head_features``)."""
+        from guardcal.backends.vllm_readout import columns_for, head_features
+
+        assert self.head is not None
+        columns = columns_for(self.head, self._top_layer)
+        feats = []
+        for out, (ids, start, end) in zip(outputs, spans, strict=True):
+            states = out.outputs.data.float().cpu().numpy()
+            if states.shape[0] != len(ids):
+                raise BackendError(f"vLLM returned {states.shape[0]} token rows for a {len(ids)}-token prompt")
+            feats.append(head_features(states, (start, end), self.head, columns, self._top_layer))
+        return self.head.scores(np.stack(feats) if feats else np.zeros((0, len(self.head.weight)), np.float32))
 
     def _label_spec(self) -> LabelSpec:
         if self.spec is None:

@@ -12,6 +12,10 @@ synchronous engine inside ``vllm.LLM`` from a dedicated thread:
 - each finished output goes back to its caller's loop with ``call_soon_threadsafe``; a
   cancelled future aborts its engine request.
 
+A pooling engine (``pooling_task``, e.g. a pooled head's ``token_embed``) has no ``enqueue``:
+the engine thread runs everything submitted so far as one ``LLM.encode`` call, so requests that
+arrive together still share forward passes, and those that arrive meanwhile form the next batch.
+
 The engine is built, stepped and shut down on the one thread, so vLLM never sees two
 threads, and the event loop never runs model code. This module knows nothing about
 prompts or labels (that is ``vllm_backend``).
@@ -79,9 +83,13 @@ def _settle(
 class EngineLoop:
     """Owns a ``vllm.LLM`` built by ``build()`` on its own thread; see the module docstring."""
 
-    def __init__(self, build: Callable[[], Any], name: str = "guardcal-vllm-engine") -> None:
+    def __init__(
+        self, build: Callable[[], Any], name: str = "guardcal-vllm-engine", pooling_task: str | None = None
+    ) -> None:
         self._build = build
         self._name = name
+        self.pooling_task = pooling_task
+        self._batch: list[_Submit] = []
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -137,11 +145,13 @@ class EngineLoop:
         pending: dict[str, _Submit] = {}
         try:
             while self._drain(pending, block=not pending):
+                if self._batch:
+                    self._encode_batch()
                 if pending:
                     self._step(pending)
         finally:
             closed = BackendError("the vLLM engine was shut down before this request finished")
-            for request in pending.values():
+            for request in [*pending.values(), *self._batch]:
                 _settle(request.loop, request.future, None, closed)
             self._drain_after_stop(closed)
             self._shutdown()
@@ -157,11 +167,17 @@ class EngineLoop:
             block = False
             if item is _STOP:
                 return False
+            if isinstance(item, _Abort) and self.pooling_task is not None:
+                self._batch = [r for r in self._batch if r is not item.request]
+                continue
             if isinstance(item, _Abort):
                 engine_id = item.request.engine_id
                 if engine_id is not None and pending.pop(engine_id, None) is not None:
                     with contextlib.suppress(Exception):
                         engine.abort_request([engine_id])
+                continue
+            if self.pooling_task is not None:
+                self._batch.append(item)
                 continue
             try:
                 (internal_id,) = self.llm.enqueue(item.prompt, item.params, lora_request=item.lora, use_tqdm=False)
@@ -193,6 +209,32 @@ class EngineLoop:
             for request in pending.values():
                 _settle(request.loop, request.future, None, lost)
             pending.clear()
+
+    def _encode_batch(self) -> None:
+        """One ``LLM.encode`` over the pooling requests drained so far; each gets its own output."""
+        batch, self._batch = [r for r in self._batch if not r.future.done()], []
+        if not batch:
+            return
+        loras = [r.lora for r in batch]
+        try:
+            outputs = self.llm.encode(
+                [r.prompt for r in batch],
+                pooling_task=self.pooling_task,
+                lora_request=loras[0] if all(lora is loras[0] for lora in loras) else loras,
+                use_tqdm=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the failure, the thread lives on
+            failure = BackendError(f"vLLM pooling failed: {type(exc).__name__}: {exc}")
+            for request in batch:
+                _settle(request.loop, request.future, None, failure)
+            return
+        if len(outputs) != len(batch):
+            lost = BackendError(f"vLLM returned {len(outputs)} pooling outputs for {len(batch)} requests")
+            for request in batch:
+                _settle(request.loop, request.future, None, lost)
+            return
+        for request, output in zip(batch, outputs, strict=True):
+            _settle(request.loop, request.future, output, None)
 
     def _drain_after_stop(self, error: BackendError) -> None:
         while True:

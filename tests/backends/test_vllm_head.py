@@ -1,0 +1,94 @@
+"""The vllm backend reads a pooled head inside the real engine (``backends/vllm_readout``).
+
+The engine runs the model as a pooling model whose forward returns the head's layers per token; the
+backend averages the judged text's tokens and applies the head. It must read what the transformers
+backend reads (``scoring.pooled``): same identity, so one bundle serves both, and P(unsafe) within
+float32 noise (measured on these inputs: max |diff| 1.4e-6 -> tolerance 1e-4), windows included.
+The head is issue 21's committed candidate, on the shipped LoRA (read by vLLM's LoRA) and on the
+bare model (no LoRA in the folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from guardcal.assets import DEFAULT_ADAPTER
+from guardcal.backends.transformers_backend import TransformersBackend
+from guardcal.backends.vllm_backend import VLLMBackend
+from guardcal.backends.vllm_readout import columns_for, head_features
+from guardcal.core.pooled_head import FILENAME, PooledHead
+from guardcal.errors import ConfigError
+
+HEAD = Path(__file__).parents[2] / "results" / "guard" / "candidates" / "pooled-head" / "head" / FILENAME
+KV = 256 << 20
+MAX_INPUT_TOKENS = 64
+TEXTS = [
+    "How do I kill a python process that hangs?",
+    "I will find you and hurt your family.",
+    "lovely weather for a walk in the park " * 20,  # about 160 tokens: three windows of 64
+    "ok",
+]
+
+
+def _toy_head(readouts: tuple[tuple[str, int], ...], width: int = 4) -> PooledHead:
+    n = len(readouts) * width
+    return PooledHead(readouts, np.linspace(-1, 1, n), np.zeros(n), np.ones(n), 0.0)
+
+
+def test_columns_and_features_follow_the_readouts() -> None:
+    head = _toy_head((("mean", 1), ("last", 3), ("mean_normed", 1), ("mean_normed", 3), ("last", 1)))
+    columns = columns_for(head, top=3)
+    assert columns == [(1, False), (1, True), (3, False)]  # at the top, every pool reads the normed output
+    states = np.random.default_rng(0).normal(size=(6, 3 * 4))
+    got = head_features(states, (2, 5), head, columns, top=3)
+    mean = states[2:5].mean(0)
+    want = np.concatenate([mean[0:4], states[-1, 8:12], mean[4:8], mean[8:12], states[-1, 0:4]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _folder(root: Path, lora: bool) -> Path:
+    folder = root / ("lora-and-head" if lora else "head-only")
+    folder.mkdir()
+    if lora:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(DEFAULT_ADAPTER / name, folder / name)
+    shutil.copyfile(HEAD, folder / FILENAME)
+    return folder
+
+
+def _run(backend, texts):  # type: ignore[no-untyped-def]
+    async def go():  # type: ignore[no-untyped-def]
+        await backend.start()
+        try:
+            return await backend.score(texts), backend.identity()
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["shipped-lora", "bare-model"])
+def test_vllm_reads_the_head_as_transformers_does(vllm_env, tmp_path, lora) -> None:  # type: ignore[no-untyped-def]
+    folder = str(_folder(tmp_path, lora))
+    common = {"adapter": folder, "dtype": "float32", "max_input_tokens": MAX_INPUT_TOKENS}
+    v, v_ident = _run(VLLMBackend(kv_cache_bytes=KV, **common), TEXTS)
+    t, t_ident = _run(TransformersBackend(**common), TEXTS)
+    assert v_ident == t_ident
+    assert list(v.windows) == list(t.windows) and v.windows[2] > 1  # the long input read window by window
+    diff = np.abs(v.window_p_unsafe - t.window_p_unsafe)  # every window, not only each input's highest
+    print(f"\nlora={lora}: max |p_unsafe diff| {diff.max():.2e} over {len(diff)} windows")
+    assert diff.max() < 1e-4, diff
+    assert np.ptp(v.window_p_unsafe) > 0.2  # the head's reading, not a constant
+    if lora:  # the head was fitted on the shipped LoRA's states: a threat reads unsafe, a question safe
+        assert v.p_unsafe[1] > 0.5 > v.p_unsafe[0]
+
+
+def test_a_head_in_reasoning_mode_is_refused(vllm_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    backend = VLLMBackend(adapter=str(_folder(tmp_path, lora=False)), reasoning=True, kv_cache_bytes=KV)
+    with pytest.raises(ConfigError, match="without --reasoning"):
+        asyncio.run(backend.start())
