@@ -31,6 +31,17 @@ def tfidf_logreg():  # type: ignore[no-untyped-def]
     return make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LogisticRegression(C=4.0))
 
 
+def predicted_logits(path: str | Path, ids: list[str], dataset: str | None = None) -> np.ndarray:
+    """Logit of P(unsafe) for ``ids`` from a ``guardcal evaluate`` predictions.jsonl (rows of ``dataset``
+    only when given: ids can repeat across datasets)."""
+    rows = {}
+    for r in map(json.loads, Path(path).read_text().splitlines()):
+        if dataset is None or r.get("dataset") == dataset:
+            rows[r["id"]] = r["p_unsafe"]
+    q = np.clip(np.array([rows[i] for i in ids]), 1e-9, 1 - 1e-9)
+    return np.asarray(np.log(q / (1 - q)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir")

@@ -45,7 +45,7 @@ class Padded:
         s = self.scorer
         spans = sorted((input_span(s.template, s.tokenizer, t) for t in texts), key=lambda x: -len(x[0]))
         for i in range(0, len(spans), self.batch):
-            pooled_features(s.model, spans[i : i + self.batch], s.head.readouts, s._pad_id())
+            pooled_features(s.model, spans[i : i + self.batch], s.head.readouts, s.pad_id())
 
 
 def main() -> int:

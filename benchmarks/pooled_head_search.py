@@ -59,6 +59,8 @@ VARIANTS: tuple[tuple[str, tuple[tuple[str, str, int], ...], str], ...] = (
     ("v4 last@30, domain", (("v4", "last", 30),), "domain"),
     ("v4 mean@10+15+20, domain", V4_MEANS, "domain"),
     ("v4 mean@10+15+20+last@30, domain", (*V4_MEANS, ("v4", "last", 30)), "domain"),
+    ("v4 mean@10+15+20+last@30, oai2", (*V4_MEANS, ("v4", "last", 30)), "oai2"),
+    ("v4 mean@10+15+20+last@30, class", (*V4_MEANS, ("v4", "last", 30)), "class"),
 )
 
 
@@ -126,16 +128,6 @@ def readout_matrix(caches, readouts, shas: list[str]) -> np.ndarray:  # type: ig
             )
         parts.append(np.stack([cache[s][pool][j] for s in shas]))
     return np.concatenate(parts, axis=1).astype(np.float64)
-
-
-def logits_of(path: str, ids: list[str], dataset: str | None) -> np.ndarray:
-    """Logit of P(unsafe) for ``ids`` from a predictions.jsonl (rows of ``dataset`` only when given)."""
-    rows = {}
-    for r in map(json.loads, Path(path).read_text().splitlines()):
-        if dataset is None or r.get("dataset") == dataset:
-            rows[r["id"]] = r["p_unsafe"]
-    q = np.clip(np.array([rows[i] for i in ids]), 1e-9, 1 - 1e-9)
-    return np.log(q / (1 - q))
 
 
 def save_head(folder: Path, fitted, readouts, adapter: str | None, variant: str) -> None:  # type: ignore[no-untyped-def]
@@ -230,14 +222,18 @@ class Rows:
 
 def versus_logits(specs: list[str], rows: Rows) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{label: (calib logits, held-out logits)}`` of each ``LABEL=CALIB_PREDICTIONS,VAL_PREDICTIONS``."""
+    try:
+        from .baselines import predicted_logits
+    except ImportError:  # run as a script: python benchmarks/NAME.py
+        from baselines import predicted_logits  # type: ignore[no-redef]
     _, calib, val = rows.keys
     out = {}
     for spec in specs:
         label, _, paths = spec.partition("=")
         calib_path, _, val_path = paths.partition(",")
         out[label] = (
-            logits_of(calib_path, [e.id for e in rows.sets[calib]], calib),
-            logits_of(val_path, [e.id for e in rows.sets[val]], None),
+            predicted_logits(calib_path, [e.id for e in rows.sets[calib]], calib),
+            predicted_logits(val_path, [e.id for e in rows.sets[val]], None),
         )
     return out
 

@@ -172,13 +172,6 @@ def intervals(scores: dict[str, np.ndarray], baseline, y: np.ndarray) -> dict[st
     }
 
 
-def predicted_logits(path: str, ids: list[str]) -> np.ndarray:
-    """Logit of P(unsafe) for ``ids`` from a ``guardcal evaluate`` predictions.jsonl."""
-    rows = {r["id"]: r["p_unsafe"] for r in map(json.loads, Path(path).read_text().splitlines())}
-    q = np.clip(np.array([rows[i] for i in ids]), 1e-9, 1 - 1e-9)
-    return np.log(q / (1 - q))
-
-
 CALIB = "openai-moderation:calib"
 
 
@@ -250,7 +243,11 @@ def main() -> int:
         others, lambda key: scores[f"default/last@{key.split('@')[1]}"], yca
     )
     for label, _, path in (spec.partition("=") for spec in args.versus):
-        other = predicted_logits(path, [e.id for e in sets[CALIB]])
+        try:
+            from .baselines import predicted_logits
+        except ImportError:  # run as a script: python benchmarks/NAME.py
+            from baselines import predicted_logits  # type: ignore[no-redef]
+        other = predicted_logits(path, [e.id for e in sets[CALIB]], CALIB)
         result[f"minus_{label}_auroc_ci95"] = intervals(scores, lambda key, o=other: o, yca)
         result.setdefault("versus", {})[label] = {"file": path, "calib_auroc": auroc(other, yca)}
     result["tfidf_logreg"] = tfidf_reading(args, texts, labels)

@@ -269,7 +269,7 @@ class HFScorer:
     def _cached_logits(self, prefix: PrefixKV, rows: list[list[int]]) -> Any:
         if self.packing:
             return forward_packed(self.model, prefix, rows)
-        return forward_with_prefix(self.model, prefix, rows, self._pad_id())
+        return forward_with_prefix(self.model, prefix, rows, self.pad_id())
 
     def _full_label_logprobs(self, batch: list[str]) -> np.ndarray:
         import torch
@@ -285,7 +285,8 @@ class HFScorer:
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             return np.asarray(logprobs[:, list(self.spec.all_ids)].cpu().double().numpy())
 
-    def _pad_id(self) -> int:
+    def pad_id(self) -> int:
+        """The id right-padded batches are filled with: the pad token, else end-of-sequence."""
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
@@ -311,7 +312,7 @@ class HFScorer:
             rows = self.tokenizer(probes, add_special_tokens=False)["input_ids"]
             if not all(prefix.covers(r) for r in rows):
                 return None, "off: the tokenizer merges the prefix with the input, so no prompt could use it"
-            cached = np.exp(self._label_logprobs(forward_with_prefix(self.model, prefix, rows, self._pad_id())))
+            cached = np.exp(self._label_logprobs(forward_with_prefix(self.model, prefix, rows, self.pad_id())))
             full = np.exp(self._full_label_logprobs(probes))
         except Exception as exc:  # noqa: BLE001 - an architecture without a reusable cache runs uncached
             return None, f"off: {type(exc).__name__}: {exc}"
@@ -396,7 +397,7 @@ class HFScorer:
         device = next(self.model.parameters()).device
         try:
             with torch.inference_mode():
-                logits = forward_on_cache(self.model, cache, cached_mask.to(device), tails, reuse, self._pad_id())
+                logits = forward_on_cache(self.model, cache, cached_mask.to(device), tails, reuse, self.pad_id())
         except Exception as exc:  # noqa: BLE001 - a cache that cannot grow (static, sliding): read in full
             _log.info("decision read without the generation's cache: %s: %s", type(exc).__name__, exc)
             return self._read_decision(batch)
