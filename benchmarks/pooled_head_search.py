@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from guardcal.train.head import GRID
+
 CALIB = "openai-moderation:calib"
 FLOOR = 0.84
-GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # guardcal.train.head.GRID
 WEIGHTINGS = ("class", "domain", "oai2")
 MEANS = (("base", "mean", 10), ("base", "mean", 15), ("base", "mean", 20))
 NORMED = (("base", "mean_normed", 10), ("base", "mean_normed", 15), ("base", "mean_normed", 20))
@@ -65,18 +66,11 @@ VARIANTS: tuple[tuple[str, tuple[tuple[str, str, int], ...], str], ...] = (
 
 
 def row_weights(domain: np.ndarray, y: np.ndarray, weighting: str) -> np.ndarray:
-    """Per-row weights, mean 1: classes balanced (``class``), or every (domain, label) cell the same
-    total (``domain``; ``oai2``: the OpenAI cells twice that)."""
-    w = np.zeros(len(y))
-    if weighting == "class":
-        for label in (0, 1):
-            w[y == label] = 1.0 / max(int(np.sum(y == label)), 1)
-    else:
-        for d in (0, 1):
-            for label in (0, 1):
-                cell = (domain == d) & (y == label)
-                w[cell] = (2.0 if weighting == "oai2" and d == 1 else 1.0) / max(int(cell.sum()), 1)
-    return w * len(w) / w.sum()
+    """Per-row weights, mean 1 (``guardcal.train.head.row_weights``): classes balanced (``class``), or every
+    (domain, label) cell the same total (``domain``; ``oai2``: the OpenAI cells twice that)."""
+    from guardcal.train.head import row_weights as weights
+
+    return weights(None if weighting == "class" else domain, y, 2.0 if weighting == "oai2" else 1.0)
 
 
 def head(c: float):  # type: ignore[no-untyped-def]

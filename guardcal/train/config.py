@@ -35,6 +35,7 @@ METHOD_ONLY = {
     "capo_ppl_high": "capo",
     "head_readouts": "head",
     "head_domain_prefix": "head",
+    "head_domain_weight": "head",
 }
 PROFILES = ("cpu-small", "paper", "guard")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
@@ -91,6 +92,11 @@ class TrainConfig:
         "",
         "method head: rows whose id starts with this weigh as much as all the others together, each class "
         "balanced within (e.g. 'oai-' in a request mix); empty = the classes balanced",
+    )
+    head_domain_weight: float = _f(
+        1.0,
+        "method head with head_domain_prefix: how many times the prefixed rows weigh against all the others "
+        "(2 = twice as much)",
     )
     class_balance: str = _f(
         "none",

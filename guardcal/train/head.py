@@ -7,8 +7,8 @@ its regularisation chosen by 5-fold CV (folds stratified by label, and by domain
 
 Row weights: the classes balanced, or with ``head_domain_prefix``, the rows whose id starts with it
 (e.g. ``oai-``, the OpenAI Moderation rows of a request mix) form one domain and the rest another.
-Each (domain, label) cell then weighs the same in total, and the CV score is the mean of the two
-domains' AUROCs.
+Each (domain, label) cell then weighs the same in total (the prefixed domain's cells
+``head_domain_weight`` times that), and the CV score is the mean of the two domains' AUROCs.
 
 The output folder holds the adapter's LoRA (copied), ``pooled_head.safetensors``, ``train_config.json``
 and ``head_fit.json`` (the readouts, the CV score of every C, the one chosen, the row counts).
@@ -52,13 +52,18 @@ def parse_readouts(spec: str, layers: int) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def row_weights(domain: np.ndarray | None, y: np.ndarray) -> np.ndarray:
+def row_weights(domain: np.ndarray | None, y: np.ndarray, domain_weight: float = 1.0) -> np.ndarray:
     """Per-row weights, mean 1: the classes balanced, or (with ``domain``) every (domain, label) cell the
-    same total."""
-    groups = [y == c for c in (0, 1)] if domain is None else [(domain == d) & (y == c) for d in (0, 1) for c in (0, 1)]
+    same total, the cells of domain 1 ``domain_weight`` times that."""
     w = np.zeros(len(y))
-    for cell in groups:
-        w[cell] = 1.0 / max(int(cell.sum()), 1)
+    if domain is None:
+        for c in (0, 1):
+            w[y == c] = 1.0 / max(int(np.sum(y == c)), 1)
+    else:
+        for d in (0, 1):
+            for c in (0, 1):
+                cell = (domain == d) & (y == c)
+                w[cell] = (domain_weight if d == 1 else 1.0) / max(int(cell.sum()), 1)
     return w * len(w) / w.sum()
 
 
@@ -71,8 +76,11 @@ def head_pipeline(c: float) -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
 
 
-def cv_scores(x: np.ndarray, y: np.ndarray, domain: np.ndarray | None, seed: int) -> dict[float, float]:
-    """For each C of :data:`GRID`: the mean held-out-fold AUROC (with domains, the mean of theirs)."""
+def cv_scores(
+    x: np.ndarray, y: np.ndarray, domain: np.ndarray | None, seed: int, domain_weight: float = 1.0
+) -> dict[float, float]:
+    """For each C of :data:`GRID`: the mean held-out-fold AUROC (with domains, the mean of theirs), the
+    folds' training rows weighed by :func:`row_weights`."""
     from sklearn.model_selection import StratifiedKFold
 
     from guardcal.calibrate.metrics import auroc
@@ -85,7 +93,7 @@ def cv_scores(x: np.ndarray, y: np.ndarray, domain: np.ndarray | None, seed: int
         for train, held in folds:
             dtr = None if domain is None else domain[train]
             fitted = head_pipeline(c).fit(
-                x[train], y[train], logisticregression__sample_weight=row_weights(dtr, y[train])
+                x[train], y[train], logisticregression__sample_weight=row_weights(dtr, y[train], domain_weight)
             )
             s, yh = fitted.decision_function(x[held]), y[held]
             if domain is None:
@@ -122,6 +130,11 @@ def fit_head(cfg: Any) -> Path:
     rows = load_dataset(cfg.train_dataset, cfg.data_dir)
     y = np.array([e.label == UNSAFE for e in rows], dtype=int)
     domain = None
+    if cfg.head_domain_weight <= 0 or (cfg.head_domain_weight != 1.0 and not cfg.head_domain_prefix):
+        raise ConfigError(
+            f"head_domain_weight {cfg.head_domain_weight} needs to be above 0, and weighs the rows of "
+            "head_domain_prefix: give both (e.g. --head-domain-prefix oai- --head-domain-weight 2) or neither"
+        )
     if cfg.head_domain_prefix:
         domain = np.array([e.id.startswith(cfg.head_domain_prefix) for e in rows], dtype=int)
         if domain.all() or not domain.any():
@@ -142,9 +155,10 @@ def fit_head(cfg: Any) -> Path:
             for e in tqdm(rows, desc="hidden states", unit="row")
         ]
     ).astype(np.float64)
-    cv = cv_scores(x, y, domain, cfg.seed)
+    cv = cv_scores(x, y, domain, cfg.seed, cfg.head_domain_weight)
     c = max(cv, key=lambda k: cv[k])
-    fitted = head_pipeline(c).fit(x, y, logisticregression__sample_weight=row_weights(domain, y))
+    weights = row_weights(domain, y, cfg.head_domain_weight)
+    fitted = head_pipeline(c).fit(x, y, logisticregression__sample_weight=weights)
     to_head(fitted, readouts).save(out / FILENAME)
     if cfg.adapter is not None:
         for name in ("adapter_config.json", "adapter_model.safetensors"):

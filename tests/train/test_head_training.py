@@ -57,6 +57,9 @@ def test_row_weights_balance_classes_or_domain_cells() -> None:
     w = row_weights(domain, y)
     cells = [w[(domain == d) & (y == c)].sum() for d in (0, 1) for c in (0, 1)]
     assert cells == pytest.approx([cells[0]] * 4)
+    w = row_weights(domain, y, domain_weight=2.0)  # the prefixed domain's cells twice the others'
+    cells = [w[(domain == d) & (y == c)].sum() for d in (0, 1) for c in (0, 1)]
+    assert w.mean() == pytest.approx(1.0) and cells == pytest.approx([cells[0], cells[0], 2 * cells[0], 2 * cells[0]])
 
 
 def test_head_options_belong_to_the_head_method() -> None:
@@ -109,6 +112,17 @@ def test_a_domain_prefix_that_splits_nothing_is_refused(tmp_path, mix, capsys) -
     argv = ["train", "--method", "head", "--train-dataset", f"jsonl:{path}", "--head-domain-prefix", "zzz-"]
     assert main([*argv, "--output", str(tmp_path / "x")]) == 2
     assert "puts all 40 rows in one domain" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "pooled_head.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "flags", [["--head-domain-weight", "2"], ["--head-domain-prefix", "oai-", "--head-domain-weight", "0"]]
+)
+def test_a_domain_weight_needs_a_prefix_and_a_positive_value(tmp_path, mix, capsys, flags) -> None:  # type: ignore[no-untyped-def]
+    path, _ = mix
+    argv = ["train", "--method", "head", "--train-dataset", f"jsonl:{path}", *flags, "--output", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "give both (e.g. --head-domain-prefix oai- --head-domain-weight 2) or neither" in capsys.readouterr().err
     assert not (tmp_path / "x" / "pooled_head.safetensors").exists()
 
 
