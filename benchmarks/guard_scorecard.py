@@ -74,6 +74,23 @@ def tfidf_predictions(folder: Path, data_dir: str | None, train_key: str) -> Pat
     return folder
 
 
+def decided_split(p: np.ndarray, y: np.ndarray, thresholds: Any) -> dict[str, float | None]:
+    """The auto-decisions by kind: the share allowed and the unsafe share among them, the share blocked
+    and the safe share among them (None where nothing was)."""
+    auto = thresholds.auto_mask(p)
+    allowed, blocked = auto & (p < 0.5), auto & (p >= 0.5)
+
+    def share(part: np.ndarray, wrong: np.ndarray) -> float | None:
+        return float((part & wrong).sum() / part.sum()) if part.any() else None
+
+    return {
+        "allowed": float(allowed.mean()),
+        "unsafe_among_allowed": share(allowed, y == 1),
+        "blocked": float(blocked.mean()),
+        "safe_among_blocked": share(blocked, y == 0),
+    }
+
+
 def card(predictions: Path, bundle_out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Calibrate from ``predictions`` (same code path as ``guardcal calibrate``) and score the result."""
     cfg = CalibrateConfig(
@@ -107,7 +124,8 @@ def card(predictions: Path, bundle_out: Path, args: argparse.Namespace) -> dict[
             "auroc_unsafe": raw["auroc_unsafe"],
             "ece_calibrated": bundle.metrics["after"][key]["ece"],
             "accuracy_calibrated": bundle.metrics["after"][key]["accuracy"],
-            "certified": {"coverage": certified["coverage"], "error": certified["error"]},
+            "certified": {"coverage": certified["coverage"], "error": certified["error"]}
+            | decided_split(p, y, bundle.get_thresholds()),
             "confidence_0.8": {"coverage": at_08["coverage"], "error": at_08["error"]},
         }
     return out
@@ -116,6 +134,12 @@ def card(predictions: Path, bundle_out: Path, args: argparse.Namespace) -> dict[
 def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def split(c: dict[str, Any]) -> str:
+        if "allowed" not in c:  # a scorecard written before the split was recorded
+            return "n/a"
+        allowed = f"{pct(c['allowed'])} ({pct(c['unsafe_among_allowed'])})"
+        return f"{allowed} · {pct(c['blocked'])} ({pct(c['safe_among_blocked'])})"
 
     rows = (
         "all of the calibration split, the calibrator's rows too"
@@ -127,8 +151,8 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
         f"{args.target_error_unsafe or args.target_error}, δ {args.delta}; thresholds on {rows})",
         "",
         "| model | set | accuracy | AUROC | ECE (calibrated) | auto-decided (certified) | its error "
-        "| auto-decided (conf ≥ 0.8) | its error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| allowed (unsafe among them) · blocked (safe among them) | auto-decided (conf ≥ 0.8) | its error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         for key in EVAL_SETS:
@@ -136,7 +160,7 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> st
             auroc = "n/a" if m["auroc_unsafe"] is None else f"{m['auroc_unsafe']:.3f}"
             lines.append(
                 f"| {name} | {key} | {pct(m['accuracy'])} | {auroc} | {pct(m['ece_calibrated'])} | "
-                f"{pct(m['certified']['coverage'])} | {pct(m['certified']['error'])} | "
+                f"{pct(m['certified']['coverage'])} | {pct(m['certified']['error'])} | {split(m['certified'])} | "
                 f"{pct(m['confidence_0.8']['coverage'])} | {pct(m['confidence_0.8']['error'])} |"
             )
     for name, r in results.items():

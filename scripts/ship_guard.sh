@@ -7,8 +7,8 @@
 #   [THRESHOLD_ROWS=held-out|all] [THRESHOLD_SHARE=0.5] \
 #       scripts/ship_guard.sh RUN_DIR [METHOD] [ALPHA_SAFE] [ALPHA_UNSAFE] [WINDOW_TOKENS]
 #
-# RUN_DIR is a `guardcal train` output folder (adapter_config.json + adapter_model.safetensors), or a
-# scripts/probe_readout.py output folder.
+# RUN_DIR is a `guardcal train` output folder (adapter_config.json + adapter_model.safetensors, and
+# pooled_head.safetensors + head_fit.json for a pooled head), or a scripts/probe_readout.py output folder.
 # Choose METHOD and the targets on the calibration split only (the scorecard's calib rows), never on
 # test or XSTest. Takes ~30-60 min on 2 CPU cores (1,630 texts scored once).
 set -euo pipefail
@@ -30,6 +30,9 @@ trap 'rm -rf "$PREV"' EXIT
 cp "$ASSET"/train_config.json "$ASSET"/probe_readout.json results/guard/training/log.jsonl "$PREV"/ 2>/dev/null || true
 rm -f "$ASSET"/*
 cp "$RUN/adapter_config.json" "$RUN/adapter_model.safetensors" "$ASSET/"
+# a pooled head (guardcal/core/pooled_head.py) is read in place of the decision token, and its fit ships beside it
+if [ -f "$RUN/pooled_head.safetensors" ]; then cp "$RUN/pooled_head.safetensors" "$ASSET/"; fi
+if [ -f "$RUN/head_fit.json" ]; then cp "$RUN/head_fit.json" "$ASSET/"; fi
 
 OUT=results/guard
 rm -rf "$OUT/training" && mkdir -p "$OUT/training"
@@ -39,7 +42,9 @@ rm -rf "$OUT/training" && mkdir -p "$OUT/training"
 START=$RUN
 if [ -f "$RUN/train_config.json" ]; then
     cp "$RUN/train_config.json" "$ASSET/"
-    cp "$RUN/train_config.json" "$RUN/log.jsonl" "$OUT/training/"
+    cp "$RUN/train_config.json" "$OUT/training/"
+    # a gradient run's log (per-class recall at every evaluation); a head's fit (CV score of every C)
+    for f in log.jsonl head_fit.json; do if [ -f "$RUN/$f" ]; then cp "$RUN/$f" "$OUT/training/"; fi; done
     START=$("$BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["adapter"] or "")' "$RUN/train_config.json")
     # a jsonl training mix (scripts/build_request_mix.py) ships its manifest: sources, licenses, sha256
     DATA=$("$BIN/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_dataset"])' "$RUN/train_config.json")

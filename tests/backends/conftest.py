@@ -81,6 +81,25 @@ class Started:
         self.backends.clear()
 
 
+def score_once(backend: Any, texts: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Start ``backend``, score ``texts``, close it: its scores and identity (a fresh event loop)."""
+
+    async def go() -> tuple[Any, dict[str, Any]]:
+        await backend.start()
+        try:
+            return await backend.score(texts), backend.identity()
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture()
+def scored() -> Any:
+    """:func:`score_once`, for tests that compare one backend with another."""
+    return score_once
+
+
 @pytest.fixture(scope="module")
 def started(vllm_env: Path) -> Iterator[Started]:
     """``started(backend)`` starts it now and closes it at the end of the module."""

@@ -18,8 +18,6 @@ Same labels, same identity, and P(unsafe) within a tolerance that depends on wha
 Each test starts one backend at a time and closes it before the next.
 """
 
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -43,21 +41,10 @@ def texts(data_dir) -> list[str]:
     return picked
 
 
-def _run(backend, texts):
-    async def go():
-        await backend.start()
-        try:
-            return await backend.score(texts), backend.identity()
-        finally:
-            await backend.aclose()
-
-    return asyncio.run(go())
-
-
-def _compare(texts, tol, **kwargs):
+def _compare(scored, texts, tol, **kwargs):
     common = {"max_input_tokens": MAX_INPUT_TOKENS, **kwargs}
-    v, v_ident = _run(VLLMBackend(kv_cache_bytes=KV, **common), texts)
-    t, t_ident = _run(TransformersBackend(**common), texts)
+    v, v_ident = scored(VLLMBackend(kv_cache_bytes=KV, **common), texts)
+    t, t_ident = scored(TransformersBackend(**common), texts)
     diff = np.abs(v.p_unsafe_norm - t.p_unsafe_norm)
     print(
         f"\n{kwargs}: max |p_unsafe diff| {diff.max():.2e}, mean {diff.mean():.2e}, raw p_safe diff "
@@ -70,14 +57,14 @@ def _compare(texts, tol, **kwargs):
     return diff
 
 
-def test_float32_direct(vllm_env, texts):
-    _compare(texts, 1e-4, dtype="float32")
+def test_float32_direct(vllm_env, scored, texts):
+    _compare(scored, texts, 1e-4, dtype="float32")
 
 
-def test_served_default_dtype_direct(vllm_env, texts):
-    _compare(texts, 0.08, dtype="auto")
+def test_served_default_dtype_direct(vllm_env, scored, texts):
+    _compare(scored, texts, 0.08, dtype="auto")
 
 
-def test_float32_reasoning(vllm_env, texts):
+def test_float32_reasoning(vllm_env, scored, texts):
     # one OpenAI Moderation and one XSTest row keep the two generations cheap
-    _compare([texts[3], texts[6]], 1e-4, dtype="float32", reasoning=True, max_new_tokens=16)
+    _compare(scored, [texts[3], texts[6]], 1e-4, dtype="float32", reasoning=True, max_new_tokens=16)

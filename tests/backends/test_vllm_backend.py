@@ -146,21 +146,43 @@ def test_lora_adapter_matches_transformers_peft(backend, started, tmp_path):
     assert lora.identity()["adapter_hash"] == adapter_fingerprint(tmp_path / "adapter") is not None
 
 
-def test_shipped_guard_adapter_matches_transformers_peft(backend, started):
-    """The shipped default (LoRA on the layers and a rank-2 readout on the tied lm_head, with a
-    rank_pattern and a regex target) reads the same in vLLM as in transformers + peft."""
+def test_shipped_guard_lora_matches_transformers_peft(backend, started, tmp_path):
+    """The shipped default's LoRA (on the layers and a rank-2 readout on the tied lm_head, with a
+    rank_pattern and a regex target) reads the same decision token in vLLM as in transformers + peft.
+    Its LoRA files alone: a pooled head beside them is read instead (tests/backends/test_vllm_head.py)."""
+    import shutil
+
+    from guardcal.assets import DEFAULT_ADAPTER
     from guardcal.models.loading import adapter_fingerprint, load_model
 
-    tuned = load_model("default", "default")
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(DEFAULT_ADAPTER / name, lora / name)
+    tuned = load_model("default", str(lora))
     expected = HFScorer(tuned.model, tuned.tokenizer).score(TEXTS).scores
     del tuned
-    guard = started(VLLMBackend(adapter="default", dtype="float32", kv_cache_bytes=KV))
+    guard = started(VLLMBackend(adapter=str(lora), dtype="float32", kv_cache_bytes=KV))
     got = asyncio.run(guard.score(TEXTS))
     diff = np.abs(got.p_unsafe - expected.p_unsafe).max()
-    print(f"\nshipped guard vllm vs transformers+peft: max |p_unsafe diff| {diff:.2e}")
+    print(f"\nshipped guard's LoRA, vllm vs transformers+peft: max |p_unsafe diff| {diff:.2e}")
     np.testing.assert_allclose(got.p_safe, expected.p_safe, atol=TOL)
     np.testing.assert_allclose(got.p_unsafe, expected.p_unsafe, atol=TOL)
     assert np.all(got.label_mass > 0.9)  # the readout's boost applied: the lm_head LoRA is live in vLLM
+    assert guard.identity()["adapter_hash"] == adapter_fingerprint(lora)
+
+
+def test_shipped_default_reads_as_in_transformers(backend, started):
+    """``--adapter default`` as shipped, whatever it holds (a LoRA, and a pooled head read instead of the
+    decision token), reads the same in vLLM as with guardcal's transformers scorer, under one identity."""
+    from guardcal.models.loading import adapter_fingerprint, load_model
+
+    tuned = load_model("default", "default")
+    expected = HFScorer(tuned.model, tuned.tokenizer, head=tuned.head).score(TEXTS).scores
+    del tuned
+    guard = started(VLLMBackend(adapter="default", dtype="float32", kv_cache_bytes=KV))
+    got = asyncio.run(guard.score(TEXTS))
+    np.testing.assert_allclose(got.p_unsafe, expected.p_unsafe, atol=TOL)
     assert guard.identity()["adapter_hash"] == adapter_fingerprint("default")
 
 

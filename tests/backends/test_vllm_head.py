@@ -61,23 +61,12 @@ def _folder(root: Path, lora: bool) -> Path:
     return folder
 
 
-def _run(backend, texts):  # type: ignore[no-untyped-def]
-    async def go():  # type: ignore[no-untyped-def]
-        await backend.start()
-        try:
-            return await backend.score(texts), backend.identity()
-        finally:
-            await backend.aclose()
-
-    return asyncio.run(go())
-
-
 @pytest.mark.parametrize("lora", [True, False], ids=["shipped-lora", "bare-model"])
-def test_vllm_reads_the_head_as_transformers_does(vllm_env, tmp_path, lora) -> None:  # type: ignore[no-untyped-def]
+def test_vllm_reads_the_head_as_transformers_does(vllm_env, scored, tmp_path, lora) -> None:  # type: ignore[no-untyped-def]
     folder = str(_folder(tmp_path, lora))
     common = {"adapter": folder, "dtype": "float32", "max_input_tokens": MAX_INPUT_TOKENS}
-    v, v_ident = _run(VLLMBackend(kv_cache_bytes=KV, **common), TEXTS)
-    t, t_ident = _run(TransformersBackend(**common), TEXTS)
+    v, v_ident = scored(VLLMBackend(kv_cache_bytes=KV, **common), TEXTS)
+    t, t_ident = scored(TransformersBackend(**common), TEXTS)
     assert v_ident == t_ident
     assert list(v.windows) == list(t.windows) and v.windows[2] > 1  # the long input read window by window
     diff = np.abs(v.window_p_unsafe - t.window_p_unsafe)  # every window, not only each input's highest
