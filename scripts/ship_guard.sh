@@ -27,7 +27,8 @@ ASSET=guardcal/assets/default_adapter
 # a run that went on from the shipped adapter (--adapter default) keeps that adapter's provenance
 PREV=$(mktemp -d)
 trap 'rm -rf "$PREV"' EXIT
-cp "$ASSET"/train_config.json "$ASSET"/probe_readout.json results/guard/training/log.jsonl "$PREV"/ 2>/dev/null || true
+cp "$ASSET"/train_config.json "$ASSET"/probe_readout.json "$ASSET"/training_data.json results/guard/training/log.jsonl \
+    "$PREV"/ 2>/dev/null || true
 rm -f "$ASSET"/*
 cp "$RUN/adapter_config.json" "$RUN/adapter_model.safetensors" "$ASSET/"
 # a pooled head (guardcal/core/pooled_head.py) is read in place of the decision token, and its fit ships beside it
@@ -63,6 +64,11 @@ if [ -n "$START" ] && [ -f "$START/train_config.json" ]; then
     cp "$START/train_config.json" "$ASSET/base_train_config.json"
     cp "$START/train_config.json" "$OUT/training/base_train_config.json"
     if [ -f "$START/log.jsonl" ]; then cp "$START/log.jsonl" "$OUT/training/base_log.jsonl"; fi
+    # the start's own training mix (a head fitted on a shipped LoRA keeps the LoRA's data beside its own)
+    if [ -f "$START/training_data.json" ]; then
+        cp "$START/training_data.json" "$ASSET/base_training_data.json"
+        cp "$START/training_data.json" "$OUT/training/base_training_data.json"
+    fi
 fi
 if [ -n "$START" ] && [ -f "$START/probe_readout.json" ]; then
     cp "$START/probe_readout.json" "$ASSET/"

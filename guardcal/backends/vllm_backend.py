@@ -333,7 +333,8 @@ class VLLMBackend(ClassifierBackend):
 
     def _spans(self, texts: list[str]) -> list[tuple[list[int], int, int]]:
         """Each prompt's token ids and its judged text's token span (``core.pooled_head.input_span``)."""
-        return [input_span(self.template, self.tokenizer, t) for t in texts]
+        rendered = self.prompts(texts)  # the same rendering the decision token reads
+        return [input_span(self.template, self.tokenizer, t, p) for t, p in zip(texts, rendered, strict=True)]
 
     def _read_head(self, outputs: list[Any], spans: list[tuple[list[int], int, int]]) -> Scores:
         """The head over each prompt's per-token rows (``vllm_readout.head_features``)."""

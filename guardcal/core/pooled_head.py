@@ -110,14 +110,15 @@ class PooledHead:
         return cls(readouts, tensors["weight"], tensors["center"], tensors["scale"], float(tensors["bias"][0]))
 
 
-def input_span(template: Any, tokenizer: Any, item: Any) -> tuple[list[int], int, int]:
+def input_span(template: Any, tokenizer: Any, item: Any, prompt: str | None = None) -> tuple[list[int], int, int]:
     """The prompt's token ids and the ``[start, end)`` of the judged text's own tokens in them: the text
     as the profile quotes it, its first copy for a plain text (a prompt may show it again later), the
     last for a conversation (the judged turn comes last). Tokens that straddle the quote's edge are left
-    out; a text too short to hold a whole token gets the one token that overlaps it most."""
+    out; a text too short to hold a whole token gets the one token that overlaps it most. ``prompt`` is
+    ``template.render(item)`` when the caller has rendered it already."""
     from guardcal.core.conversation import Conversation
 
-    prompt = template.render(item)
+    prompt = template.render(item) if prompt is None else prompt
     quoted = template.spec.quote(item.text if isinstance(item, Conversation) else item)
     start_char = prompt.rfind(quoted) if isinstance(item, Conversation) else prompt.find(quoted)
     if start_char < 0:

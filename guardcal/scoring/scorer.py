@@ -213,7 +213,8 @@ class HFScorer:
         from guardcal.scoring.pooled import pooled_features
 
         assert self.head is not None
-        spans = [input_span(self.template, self.tokenizer, t) for t in texts]
+        rendered = self.prompts(texts)  # the same rendering the decision token reads
+        spans = [input_span(self.template, self.tokenizer, t, p) for t, p in zip(texts, rendered, strict=True)]
         feats = [pooled_features(self.model, [span], self.head.readouts) for span in _progress(spans, progress)]
         self.rows_full += len(texts)
         return self.head.scores(np.concatenate(feats) if feats else np.zeros((0, len(self.head.weight))))

@@ -77,6 +77,18 @@ def test_vllm_reads_the_head_as_transformers_does(vllm_env, scored, tmp_path, lo
         assert v.p_unsafe[1] > 0.5 > v.p_unsafe[0]
 
 
+def test_a_model_class_without_intermediate_states_is_refused(vllm_env) -> None:  # type: ignore[no-untyped-def]
+    from guardcal.backends.vllm_readout import register_readout
+    from guardcal.errors import BackendError
+
+    assert register_readout("LlamaForCausalLM") == "GuardcalReadoutLlamaForCausalLM"  # twice: registered once
+    assert register_readout("LlamaForCausalLM") == "GuardcalReadoutLlamaForCausalLM"
+    with pytest.raises(BackendError, match="no EAGLE-3 aux hidden states.*--backend transformers"):
+        register_readout("GPT2LMHeadModel")
+    with pytest.raises(BackendError, match="no model class for NoSuchForCausalLM.*--backend transformers"):
+        register_readout("NoSuchForCausalLM")
+
+
 def test_a_head_in_reasoning_mode_is_refused(vllm_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     backend = VLLMBackend(adapter=str(_folder(tmp_path, lora=False)), reasoning=True, kv_cache_bytes=KV)
     with pytest.raises(ConfigError, match="without --reasoning"):

@@ -1,4 +1,5 @@
-"""The shipped default adapter (the issue-21 guard: a probe readout, SFT, then SFT on contrast requests)."""
+"""The shipped default adapter (the issue-21 guard): v4's LoRA (a probe readout, SFT, then SFT on contrast
+requests) and a pooled head fitted on its hidden states, read in place of the decision token."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from safetensors import safe_open
 
 from guardcal.assets import DEFAULT_ADAPTER
+from guardcal.core.pooled_head import PooledHead
 from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, resolve_adapter
 
 RESULTS = Path(__file__).parents[2] / "results" / "guard"
@@ -22,7 +24,10 @@ SHIPPED_FILES = {
     "train_config.json",
     "probe_readout.json",
     "training_data.json",
-    "base_train_config.json",  # the run this one went on from (--adapter default)
+    "base_train_config.json",  # the run this one went on from (--adapter default): v4's
+    "base_training_data.json",  # v4's training mix
+    "pooled_head.safetensors",
+    "head_fit.json",
 }
 
 
@@ -38,17 +43,22 @@ def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
     lora = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text())
     assert (lora["r"], lora["lora_alpha"], lora["peft_type"]) == (16, 32, "LORA")
     assert lora["rank_pattern"] == {"lm_head": 2}  # the probe readout (+ label-mass boost) on the LM head
+    # the head: fitted on v4's hidden states (--adapter default), the OpenAI rows weighing twice the requests
+    cfg = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
+    assert (cfg["method"], cfg["adapter"], cfg["head_domain_prefix"], cfg["head_domain_weight"]) == (
+        "head", "default", "oai-", 2.0,
+    )  # fmt: skip
+    head = PooledHead.load(DEFAULT_ADAPTER / "pooled_head.safetensors")
+    assert head.readouts == (("mean", 10), ("mean", 15), ("mean", 20), ("last", 30))
+    fit = json.loads((DEFAULT_ADAPTER / "head_fit.json").read_text())
+    assert fit["C"] in (float(c) for c in fit["cv"]) and fit["domain_rows"] == 500
     # v4 (g1): the v2 guard (extracted to runs/adapters/v2) continued for one epoch on the mix with the contrast
     # requests, seed 1 (v3's recipe with another seed)
-    cfg = json.loads((DEFAULT_ADAPTER / "train_config.json").read_text())
-    assert (cfg["method"], cfg["profile"], cfg["epochs"], cfg["learning_rate"]) == ("sft", "guard", 1, 1e-4)
-    assert cfg["adapter"] == "runs/adapters/v2" and cfg["seed"] == 1
     base = json.loads((DEFAULT_ADAPTER / "base_train_config.json").read_text())
-    assert (base["method"], base["profile"], base["epochs"], base["learning_rate"]) == ("sft", "guard", 3, 2e-4)
-    assert base["adapter"]  # v2 went on from the probe readout, not from a fresh LoRA
+    assert (base["method"], base["profile"], base["epochs"], base["learning_rate"]) == ("sft", "guard", 1, 1e-4)
+    assert base["adapter"] == "runs/adapters/v2" and base["seed"] == 1
     probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
     assert probe["layers_lora"] == {"rank": 16, "alpha": 32, "first_layer": 15}
-    assert probe["train_dataset"] == base["train_dataset"]  # readout and v2's SFT saw the same rows
     with safe_open(str(DEFAULT_ADAPTER / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
         assert keys and all("lora_A" in k or "lora_B" in k for k in keys)  # no copy of the tied embeddings
@@ -56,19 +66,24 @@ def test_the_shipped_adapter_is_small_safe_and_what_the_readme_says():
         assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "layers" in k and "lora_B" in k)
 
 
-def test_the_shipped_adapter_says_what_it_was_trained_on():
-    """The training mix's manifest ships with the adapter: sources, licenses, and no calibration or test row."""
-    data = json.loads((DEFAULT_ADAPTER / "training_data.json").read_text())
-    assert data == json.loads((RESULTS / "training" / "training_data.json").read_text())
+@pytest.mark.parametrize(
+    ("name", "twins", "oai_repeat"), [("training_data.json", True, 1), ("base_training_data.json", False, 2)]
+)
+def test_the_shipped_adapter_says_what_it_was_trained_on(name: str, twins: bool, oai_repeat: int) -> None:
+    """The training mixes' manifests ship with the adapter (the head's, and its LoRA's): sources, licenses,
+    and no calibration, test or XSTest row."""
+    data = json.loads((DEFAULT_ADAPTER / name).read_text())
+    assert data == json.loads((RESULTS / "training" / name).read_text())
     mix = data["files"]["train_mix.jsonl"]
     sources = {key.split("/")[0] for key in mix["counts"]}
     assert "openai-moderation:train" in sources and not {"openai-moderation:calib", "openai-moderation:test"} & sources
     assert not any(s.startswith("xstest") for s in sources)
     assert sum(mix["counts"].values()) == mix["rows"]
-    assert set(data["licenses"]) == {"harmbench", "donotanswer", "benign-guardcal", "contrast-guardcal"}
-    assert {"benign-guardcal", "contrast-guardcal"} <= sources
+    written = {"benign-guardcal", "contrast-guardcal"} | ({"twins-guardcal"} if twins else set())
+    assert set(data["licenses"]) == {"harmbench", "donotanswer"} | written
+    assert written <= sources
     oai = sum(n for k, n in mix["counts"].items() if k.startswith("openai-moderation:train/"))
-    assert oai == 500 * data["oai_repeat"]  # the 500 training rows, each seen oai_repeat times
+    assert data["oai_repeat"] == oai_repeat and oai == 500 * oai_repeat  # the 500 rows, each oai_repeat times
 
 
 def test_the_shipped_adapter_is_the_one_evaluated_in_results():
@@ -79,6 +94,8 @@ def test_the_shipped_adapter_is_the_one_evaluated_in_results():
     assert base == json.loads((RESULTS / "training" / "base_train_config.json").read_text())
     probe = json.loads((DEFAULT_ADAPTER / "probe_readout.json").read_text())
     assert probe == json.loads((RESULTS / "training" / "probe_readout.json").read_text())
+    fit = json.loads((DEFAULT_ADAPTER / "head_fit.json").read_text())
+    assert fit == json.loads((RESULTS / "training" / "head_fit.json").read_text())
     evaluated = json.loads((RESULTS / "eval" / "run.json").read_text())
     assert evaluated["adapter_hash"] == adapter_fingerprint("default")
 

@@ -11,7 +11,7 @@ import pytest
 
 from guardcal.core.pooled_head import FILENAME, PooledHead, input_span
 from guardcal.core.prompt import PromptTemplate
-from guardcal.errors import BackendError, ConfigError, ModelError
+from guardcal.errors import ConfigError, ModelError
 from guardcal.models.loading import adapter_fingerprint, check_adapter_dir, has_lora, load_head, load_model
 from guardcal.scoring.pooled import pooled_features
 from guardcal.scoring.scorer import HFScorer
@@ -34,12 +34,29 @@ def test_loaders_find_a_head_only_folder(head_dir) -> None:  # type: ignore[no-u
     assert check_adapter_dir(head_dir) == head_dir and not has_lora(head_dir)
     head = load_head(head_dir)
     assert head is not None and head.readouts == READOUTS
-    assert load_head(None) is None and load_head("default") is None  # the shipped LoRA has no head
+    assert load_head(None) is None
     assert adapter_fingerprint(head_dir) != adapter_fingerprint("default")
 
 
-def test_the_shipped_adapters_hash_is_unchanged() -> None:
-    """Heads joined the fingerprint only where a folder has one: the shipped bundle still matches."""
+def test_a_lora_only_folder_has_no_head_and_hashes_its_lora_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A folder without a head (the shipped LoRA's files alone) hashes as before heads existed: its config
+    and weights only. The shipped default holds a head too, so its hash covers the head."""
+    import hashlib
+    import shutil
+
+    from guardcal.assets import DEFAULT_ADAPTER
+
+    names = ("adapter_config.json", "adapter_model.safetensors")
+    for name in names:
+        shutil.copyfile(DEFAULT_ADAPTER / name, tmp_path / name)
+    assert load_head(tmp_path) is None and has_lora(tmp_path)
+    want = hashlib.sha256(b"".join((tmp_path / name).read_bytes() for name in names)).hexdigest()[:16]
+    assert adapter_fingerprint(tmp_path) == "sha256:" + want
+    assert load_head("default") is not None and adapter_fingerprint("default") != adapter_fingerprint(tmp_path)
+
+
+def test_the_shipped_bundle_matches_the_shipped_adapter() -> None:
+    """The shipped bundle was fitted on the shipped folder, head included."""
     import json
 
     from guardcal.assets import DEFAULT_BUNDLE
@@ -94,13 +111,10 @@ def test_evaluate_and_serve_load_the_head(default_model, head_dir) -> None:  # t
 
 
 def test_where_a_head_cannot_be_used_it_is_refused(head_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from guardcal.backends.vllm_backend import VLLMBackend
     from guardcal.train.config import TrainConfig
 
     with pytest.raises(ModelError, match="direct-mode"):
         HFScorer(None, None, PromptTemplate(mode="reasoning"), head=load_head(head_dir))
-    with pytest.raises(BackendError, match="--backend transformers"):
-        VLLMBackend(adapter=str(head_dir))  # before any engine is needed
     with pytest.raises(ConfigError, match="only a pooled head"):
         TrainConfig(method="sft", adapter=str(head_dir))
     wide = PooledHead((("mean", 15),), np.ones(8), np.zeros(8), np.ones(8), 0.0)

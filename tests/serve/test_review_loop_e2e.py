@@ -1,7 +1,7 @@
 """Issue 22 "Done when": the review loop end to end, on a real ``guardcal serve`` with the real default model.
 
 The server runs the shipped adapter and a copy of the shipped bundle (it allows inputs at calibrated
-confidence >= 0.846 and escalates every unsafe reading) with ``--reviews --audit-rate 1.0``, so requests
+confidence >= 0.873, blocks at >= 0.744 and escalates the rest) with ``--reviews --audit-rate 1.0``, so requests
 produce both escalations and audit samples (every allow). Then: three escalations are labelled through
 the browser console (Debian's Chromium driven by Playwright), the rest through the API, with a SIGKILL of
 the server between two API verdicts (none is lost; the restarted server goes on); ``guardcal calibrate
@@ -38,12 +38,13 @@ REAL_HOME = os.environ.get("GUARDCAL_HOME") or str(Path.home() / ".cache" / "gua
 ALICE, BOB = "alice-review-key-e2e-0123456789", "bob-review-key-e2e-0123456789"
 CLASSIFY, INTERNAL = "classify-key-e2e-0123456789", "internal-key-e2e-0123456789"
 KEYS = f"{ALICE}:review@alice,{BOB}:review@bob,{CLASSIFY}:classify,{INTERNAL}:internal"
-#: OpenAI Moderation test rows: P(unsafe) 0.18-0.39 under the shipped guard (escalated), and <= 3e-4 (allowed)
-ESCALATED = ["oai-6", "oai-10", "oai-12", "oai-22"]
+#: OpenAI Moderation test rows: raw P(unsafe) 0.29-0.48 under the shipped guard (escalated), and <= 0.004
+#: (allowed); results/guard/eval/predictions.jsonl
+ESCALATED = ["oai-6", "oai-10", "oai-24", "oai-22"]
 CONFIDENT = ["oai-1125", "oai-1290", "oai-1130"]
 #: the refit's target for allowed inputs: the shipped bundle's. The refit draws 307 rows (calibration rows + these
-#: 7 verdicts), all of them fitting the calibrator and choosing the thresholds as for the shipped bundle; it
-#: certifies allow at about 0.83 there (results/guard/refit_review_split.json, benchmarks/refit_review_split.py)
+#: 7 verdicts), all of them fitting the calibrator and choosing the thresholds as for the shipped bundle
+#: (results/guard/refit_review_split.json measured this for the guard shipped before, v4)
 REFIT_ALPHA = 0.1
 
 
