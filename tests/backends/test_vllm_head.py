@@ -51,19 +51,36 @@ def test_columns_and_features_follow_the_readouts() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def _folder(root: Path, lora: bool) -> Path:
+def _folder(root: Path, lora: bool, head: PooledHead | None = None) -> Path:
+    """The candidate head (or ``head``), with the shipped LoRA or alone."""
     folder = root / ("lora-and-head" if lora else "head-only")
     folder.mkdir()
     if lora:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copyfile(DEFAULT_ADAPTER / name, folder / name)
-    shutil.copyfile(HEAD, folder / FILENAME)
+    if head is None:
+        shutil.copyfile(HEAD, folder / FILENAME)
+    else:
+        head.save(folder / FILENAME)
     return folder
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["shipped-lora", "bare-model"])
-def test_vllm_reads_the_head_as_transformers_does(vllm_env, scored, tmp_path, lora) -> None:  # type: ignore[no-untyped-def]
-    folder = str(_folder(tmp_path, lora))
+#: every pool, below the top and at it: mean_normed below the top runs the final norm inside the engine
+ALL_POOLS = (("mean_normed", 15), ("mean", 5), ("last", 12), ("mean_normed", 30), ("last", 30))
+
+
+@pytest.mark.parametrize(
+    ("lora", "readouts"),
+    [(True, None), (False, None), (False, ALL_POOLS)],
+    ids=["shipped-lora", "bare-model", "every-pool"],
+)
+def test_vllm_reads_the_head_as_transformers_does(vllm_env, scored, tmp_path, lora, readouts) -> None:  # type: ignore[no-untyped-def]
+    head = None
+    if readouts is not None:  # a head of random weights: what counts is that both backends read the same
+        rng = np.random.default_rng(1)
+        n = len(readouts) * 576
+        head = PooledHead(readouts, rng.normal(size=n) / 30, rng.normal(size=n) / 10, rng.uniform(1, 3, n), 0.0)
+    folder = str(_folder(tmp_path, lora, head))
     common = {"adapter": folder, "dtype": "float32", "max_input_tokens": MAX_INPUT_TOKENS}
     v, v_ident = scored(VLLMBackend(kv_cache_bytes=KV, **common), TEXTS)
     t, t_ident = scored(TransformersBackend(**common), TEXTS)
