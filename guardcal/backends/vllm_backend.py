@@ -43,7 +43,7 @@ from guardcal.backends.base import ClassifierBackend
 from guardcal.backends.vllm_engine import EngineLoop
 from guardcal.core.confidence import Scores, from_top_logprobs
 from guardcal.core.labels import LabelSpec
-from guardcal.core.pooled_head import PooledHead, input_span
+from guardcal.core.pooled_head import PooledHead, input_spans
 from guardcal.core.prompt import THINK_CLOSE, PromptTemplate
 from guardcal.core.windows import (
     DEFAULT_MAX_TOKENS,
@@ -138,6 +138,7 @@ class VLLMBackend(ClassifierBackend):
         #: a pooled head read in place of the decision token (``vllm_readout``), when the adapter has one
         self.head: PooledHead | None = None
         self._top_layer = 0
+        self._config: Any = None  # the model's transformers config, read once in _prepare
         self._torch_threads: tuple[Any, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -160,6 +161,8 @@ class VLLMBackend(ClassifierBackend):
 
     def _prepare(self) -> None:
         """Tokenizer, label spec, identity and sampling parameters (no engine yet)."""
+        from transformers import AutoConfig
+
         from guardcal.models.loading import (
             adapter_fingerprint,
             check_adapter_dir,
@@ -167,13 +170,15 @@ class VLLMBackend(ClassifierBackend):
             load_head,
             load_tokenizer,
             model_identity,
+            resolve_model,
         )
 
-        self.head = self._load_head(load_head(self.adapter))
+        self._config = AutoConfig.from_pretrained(resolve_model(self.model))
+        adapter_dir = check_adapter_dir(self.adapter) if self.adapter is not None else None
+        self.head = self._load_head(load_head(adapter_dir))
         self.tokenizer = load_tokenizer(self.model)
         self.template = self.template.bind(self.tokenizer)
         self.spec = LabelSpec.from_tokenizer(self.tokenizer, self.template.spec.surfaces())
-        adapter_dir = check_adapter_dir(self.adapter) if self.adapter is not None else None
         self._identity = {
             "model_id": model_identity(self.model),
             "adapter_hash": adapter_fingerprint(self.adapter),
@@ -202,15 +207,12 @@ class VLLMBackend(ClassifierBackend):
         """The adapter's pooled head, checked against the model (its layers and width) and the mode."""
         if head is None:
             return None
-        from transformers import AutoConfig
-
-        from guardcal.models.loading import check_head_fits, resolve_model
+        from guardcal.models.loading import check_head_fits
 
         if self.template.reasoning:
             raise ConfigError("a pooled head reads direct-mode prompts; serve it without --reasoning")
-        config = AutoConfig.from_pretrained(resolve_model(self.model))
-        check_head_fits(head, config.get_text_config())
-        self._top_layer = int(config.get_text_config().num_hidden_layers)
+        check_head_fits(head, self._config.get_text_config())
+        self._top_layer = int(self._config.get_text_config().num_hidden_layers)
         return head
 
     def _build_engine(self) -> Any:
@@ -236,7 +238,7 @@ class VLLMBackend(ClassifierBackend):
             "seed": self.seed,
             "kv_cache_memory_bytes": self.kv_cache_bytes,
             "enable_prefix_caching": True,
-            "max_model_len": self.max_model_len or self._default_max_model_len(path),
+            "max_model_len": self.max_model_len or self._default_max_model_len(),
             "max_num_seqs": self.max_num_seqs,
             "enforce_eager": current_platform.is_cpu() if self.enforce_eager is None else self.enforce_eager,
             "disable_log_stats": True,
@@ -246,11 +248,9 @@ class VLLMBackend(ClassifierBackend):
         if self._lora is not None and self._adapter_dir is not None:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank_for(self._adapter_dir))
         if self.head is not None:  # a pooling engine returning the head's layers per token
-            from transformers import AutoConfig
-
             from guardcal.backends.vllm_readout import engine_kwargs
 
-            kwargs.update(engine_kwargs(self.head, AutoConfig.from_pretrained(path)))
+            kwargs.update(engine_kwargs(self.head, self._config))
         try:
             return LLM(**kwargs)
         except Exception as exc:
@@ -259,14 +259,12 @@ class VLLMBackend(ClassifierBackend):
                 "for one prompt, raise --vllm-kv-cache-bytes; if memory is short, lower it or use --dtype bfloat16"
             ) from exc
 
-    def _default_max_model_len(self, path: str) -> int:
+    def _default_max_model_len(self) -> int:
         """Room for the instruction, a window of ``max_input_tokens`` tokens (JSON-escaping can lengthen it)
         and the reasoning budget, capped at what the model supports."""
-        from transformers import AutoConfig
-
         overhead = len(self.tokenizer.encode(self.template.render(""), add_special_tokens=False)) + 16
         wanted = overhead + 4 * self.max_input_tokens + (self.max_new_tokens + 16 if self.template.reasoning else 0)
-        limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+        limit = getattr(self._config, "max_position_embeddings", None)
         return min(wanted, int(limit)) if limit else wanted
 
     async def aclose(self) -> None:
@@ -333,8 +331,7 @@ class VLLMBackend(ClassifierBackend):
 
     def _spans(self, texts: list[str]) -> list[tuple[list[int], int, int]]:
         """Each prompt's token ids and its judged text's token span (``core.pooled_head.input_span``)."""
-        rendered = self.prompts(texts)  # the same rendering the decision token reads
-        return [input_span(self.template, self.tokenizer, t, p) for t, p in zip(texts, rendered, strict=True)]
+        return input_spans(self.template, self.tokenizer, texts, self.prompts(texts))
 
     def _read_head(self, outputs: list[Any], spans: list[tuple[list[int], int, int]]) -> Scores:
         """The head over each prompt's per-token rows (``vllm_readout.head_features``)."""

@@ -123,12 +123,20 @@ def register_readout(architecture: str) -> str:
     return name
 
 
+#: the architectures guardcal served heads on in this process; worker processes inherit it
+ARCHS_ENV = "GUARDCAL_VLLM_READOUT_ARCHS"
+
+
+def _requested() -> set[str]:
+    import os
+
+    return set(filter(None, os.environ.get(ARCHS_ENV, "").split(",")))
+
+
 def register() -> None:
     """``vllm.general_plugins`` entry point: in a vLLM worker process, register the readout classes its
     model config asks for (``hf_overrides`` names them ``GuardcalReadout<Architecture>``)."""
-    import os
-
-    for architecture in filter(None, os.environ.get("GUARDCAL_VLLM_READOUT_ARCHS", "").split(",")):
+    for architecture in sorted(_requested()):
         register_readout(architecture)
 
 
@@ -141,8 +149,7 @@ def engine_kwargs(head: PooledHead, hf_config: Any) -> dict[str, Any]:
         raise BackendError(f"a pooled head needs a model config naming one architecture; got {architectures}")
     top = int(hf_config.get_text_config().num_hidden_layers)
     name = register_readout(architectures[0])
-    known = set(filter(None, os.environ.get("GUARDCAL_VLLM_READOUT_ARCHS", "").split(",")))
-    os.environ["GUARDCAL_VLLM_READOUT_ARCHS"] = ",".join(sorted(known | {architectures[0]}))
+    os.environ[ARCHS_ENV] = ",".join(sorted(_requested() | {architectures[0]}))
     columns = [[layer, normed] for layer, normed in columns_for(head, top)]
     return {
         "runner": "pooling",

@@ -18,6 +18,7 @@ safetensors file (tensors ``weight``, ``center``, ``scale``, ``bias``; metadata 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -131,3 +132,11 @@ def input_span(template: Any, tokenizer: Any, item: Any, prompt: str | None = No
         overlap = [min(b, end_char) - max(a, start_char) for a, b in offsets]
         inside = [int(np.argmax(overlap))]
     return list(ids), inside[0], inside[-1] + 1
+
+
+def input_spans(
+    template: Any, tokenizer: Any, items: Sequence[Any], prompts: Sequence[str]
+) -> list[tuple[list[int], int, int]]:
+    """:func:`input_span` of each item, from the prompts the caller rendered for them (the ones the
+    decision token would read)."""
+    return [input_span(template, tokenizer, item, prompt) for item, prompt in zip(items, prompts, strict=True)]

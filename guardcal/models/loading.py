@@ -70,14 +70,20 @@ class LoadedModel:
 
 def has_lora(adapter: str | Path) -> bool:
     """True when the adapter folder holds PEFT weights (not only a pooled head)."""
-    return (check_adapter_dir(adapter) / "adapter_config.json").is_file()
+    return _has_lora(check_adapter_dir(adapter))
+
+
+def _has_lora(checked: Path) -> bool:
+    return (checked / "adapter_config.json").is_file()
 
 
 def load_head(adapter: str | Path | None) -> PooledHead | None:
     """The adapter folder's pooled head, or None (no adapter, or a LoRA-only one)."""
-    if adapter is None:
-        return None
-    path = check_adapter_dir(adapter) / HEAD_FILE
+    return None if adapter is None else _load_head(check_adapter_dir(adapter))
+
+
+def _load_head(checked: Path) -> PooledHead | None:
+    path = checked / HEAD_FILE
     return PooledHead.load(path) if path.is_file() else None
 
 
@@ -119,11 +125,12 @@ def load_model(
             f"cannot load model {model!r}: {exc}. Pass --model default, a local folder, "
             "or a Hugging Face id that is in the local cache"
         ) from exc
-    if adapter is not None and has_lora(adapter):
+    folder = check_adapter_dir(adapter) if adapter is not None else None
+    if folder is not None and _has_lora(folder):
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(lm, str(check_adapter_dir(adapter)))
-    head = load_head(adapter)
+        lm = PeftModel.from_pretrained(lm, str(folder))
+    head = _load_head(folder) if folder is not None else None
     if head is not None:
         check_head_fits(head, lm.config)
     lm.to(torch.device(device)).eval()
@@ -219,7 +226,7 @@ def adapter_fingerprint(adapter: str | Path | None) -> str | None:
 
     path = check_adapter_dir(adapter)
     h = hashlib.sha256()
-    names = ("adapter_config.json", "adapter_model.safetensors") if has_lora(path) else ()
+    names = ("adapter_config.json", "adapter_model.safetensors") if _has_lora(path) else ()
     for name in (*names, *((HEAD_FILE,) if (path / HEAD_FILE).is_file() else ())):
         with (path / name).open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

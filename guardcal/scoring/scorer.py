@@ -37,7 +37,7 @@ import numpy as np
 
 from guardcal.core.confidence import Scores, from_label_logprobs
 from guardcal.core.labels import LabelSpec
-from guardcal.core.pooled_head import PooledHead, input_span
+from guardcal.core.pooled_head import PooledHead, input_spans
 from guardcal.core.prompt import THINK_CLOSE, Item, PromptTemplate
 from guardcal.core.windows import (
     DEFAULT_MAX_TOKENS,
@@ -213,8 +213,7 @@ class HFScorer:
         from guardcal.scoring.pooled import pooled_features
 
         assert self.head is not None
-        rendered = self.prompts(texts)  # the same rendering the decision token reads
-        spans = [input_span(self.template, self.tokenizer, t, p) for t, p in zip(texts, rendered, strict=True)]
+        spans = input_spans(self.template, self.tokenizer, texts, self.prompts(texts))
         feats = [pooled_features(self.model, [span], self.head.readouts) for span in _progress(spans, progress)]
         self.rows_full += len(texts)
         return self.head.scores(np.concatenate(feats) if feats else np.zeros((0, len(self.head.weight))))
