@@ -35,8 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from guardcal.train.head import GRID
-
 CALIB = "openai-moderation:calib"
 FLOOR = 0.84
 WEIGHTINGS = ("class", "domain", "oai2")
@@ -81,23 +79,11 @@ def head(c: float):  # type: ignore[no-untyped-def]
 
 
 def rule_cv(x: np.ndarray, y: np.ndarray, domain: np.ndarray, weighting: str, seed: int = 0) -> dict[float, float]:
-    """For each C: the mean over 5 stratified folds of (OpenAI AUROC + request AUROC) / 2 on the held-out fold."""
-    from sklearn.model_selection import StratifiedKFold
+    """For each C: the mean over 5 folds stratified by (domain, label) of (OpenAI AUROC + request AUROC) / 2
+    on the held-out fold (``guardcal.train.head.cv_scores``, with this variant's weighting)."""
+    from guardcal.train.head import cv_scores
 
-    from guardcal.calibrate.metrics import auroc
-
-    strata = 2 * domain + y
-    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(x, strata))
-    out = {}
-    for c in GRID:
-        per_fold = []
-        for train, held in folds:
-            w = row_weights(domain[train], y[train], weighting)
-            s = head(c).fit(x[train], y[train], logisticregression__sample_weight=w).decision_function(x[held])
-            dh, yh = domain[held], y[held]
-            per_fold.append((auroc(s[dh == 1], yh[dh == 1]) + auroc(s[dh == 0], yh[dh == 0])) / 2)
-        out[c] = float(np.mean(per_fold))
-    return out
+    return cv_scores(x, y, domain, seed, 2.0 if weighting == "oai2" else 1.0, weigh_domains=weighting != "class")
 
 
 def load_cache(path: Path) -> tuple[list[int], dict[str, dict[str, np.ndarray]]]:

@@ -77,10 +77,16 @@ def head_pipeline(c: float) -> Any:
 
 
 def cv_scores(
-    x: np.ndarray, y: np.ndarray, domain: np.ndarray | None, seed: int, domain_weight: float = 1.0
+    x: np.ndarray,
+    y: np.ndarray,
+    domain: np.ndarray | None,
+    seed: int,
+    domain_weight: float = 1.0,
+    weigh_domains: bool = True,
 ) -> dict[float, float]:
     """For each C of :data:`GRID`: the mean held-out-fold AUROC (with domains, the mean of theirs), the
-    folds' training rows weighed by :func:`row_weights`."""
+    folds' training rows weighed by :func:`row_weights` (with ``weigh_domains=False``, the classes
+    balanced over all rows, while the folds and the scores still go by domain)."""
     from sklearn.model_selection import StratifiedKFold
 
     from guardcal.calibrate.metrics import auroc
@@ -91,7 +97,7 @@ def cv_scores(
     for c in GRID:
         per_fold = []
         for train, held in folds:
-            dtr = None if domain is None else domain[train]
+            dtr = None if domain is None or not weigh_domains else domain[train]
             fitted = head_pipeline(c).fit(
                 x[train], y[train], logisticregression__sample_weight=row_weights(dtr, y[train], domain_weight)
             )

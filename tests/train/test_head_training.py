@@ -12,7 +12,7 @@ import pytest
 from guardcal.cli import main
 from guardcal.errors import ConfigError
 from guardcal.train.config import build_config
-from guardcal.train.head import GRID, parse_readouts, row_weights
+from guardcal.train.head import GRID, cv_scores, parse_readouts, row_weights
 
 REQUESTS_SAFE = [
     "How do I bake sourdough bread at home?",
@@ -60,6 +60,28 @@ def test_row_weights_balance_classes_or_domain_cells() -> None:
     w = row_weights(domain, y, domain_weight=2.0)  # the prefixed domain's cells twice the others'
     cells = [w[(domain == d) & (y == c)].sum() for d in (0, 1) for c in (0, 1)]
     assert w.mean() == pytest.approx(1.0) and cells == pytest.approx([cells[0], cells[0], 2 * cells[0], 2 * cells[0]])
+
+
+def test_cv_scores_weigh_domains_only_when_asked() -> None:
+    """With every (domain, label) cell the same size the two weightings are one; with uneven cells the
+    domain weighting changes what the folds fit, while the folds and the per-domain scores stay."""
+    rng = np.random.default_rng(0)
+
+    def rows(cells: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        domain = np.repeat([0, 0, 1, 1], cells)
+        y = np.repeat([0, 1, 0, 1], cells)
+        x = rng.normal(size=(len(y), 4))
+        x[:, 0] += np.where(domain == 0, y, 0) * 1.0  # domain 0 reads feature 0, domain 1 feature 1
+        x[:, 1] += np.where(domain == 1, y, 0) * 1.0
+        return x, y, domain
+
+    x, y, domain = rows([20, 20, 20, 20])
+    assert cv_scores(x, y, domain, 0) == pytest.approx(cv_scores(x, y, domain, 0, weigh_domains=False))
+    x, y, domain = rows([60, 10, 10, 40])
+    weighed, balanced = cv_scores(x, y, domain, 0), cv_scores(x, y, domain, 0, weigh_domains=False)
+    assert set(weighed) == set(balanced) == set(GRID)
+    assert weighed != pytest.approx(balanced)
+    assert all(0.5 < v <= 1.0 for v in weighed.values())
 
 
 def test_head_options_belong_to_the_head_method() -> None:
