@@ -106,12 +106,13 @@ def register_readout(architecture: str) -> str:
     name = readout_name(architecture)
     if name in ModelRegistry.get_supported_archs():
         return name
-    base = ModelRegistry._try_load_model_cls(architecture)  # vLLM's own class, not the transformers fallback
-    if base is None:
+    registered = ModelRegistry.models.get(architecture)  # vLLM's own classes, not the transformers fallback
+    if registered is None:
         raise BackendError(
             f"vLLM has no model class for {architecture}, so the vllm backend cannot read a pooled head on it; "
             "serve the head with --backend transformers"
         )
+    base = registered.load_model_cls()
     if not hasattr(base, "set_aux_hidden_state_layers"):
         raise BackendError(
             f"vLLM's {base.__name__} cannot return intermediate hidden states (no EAGLE-3 aux hidden states), "
