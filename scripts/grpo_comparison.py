@@ -6,14 +6,16 @@ left out, since GRPO trains the decision token), trains ``--steps`` optimiser st
 cpu-small GRPO profile in the paper's reasoning mode (16 reasoning tokens, then the forced
 decision), at one learning rate, once per seed, and is scored on the whole calibration split by the
 training's own evaluation callback (the same scorer and input windows for every run), every
-``--eval-steps`` steps. The start is scored the same way, by ``guardcal evaluate``. Runs that have
-finished are not run again, so the script resumes after an interruption. Writes
+``--eval-steps`` steps. The start is scored the same way, by ``guardcal evaluate``, and so are the
+start and each final adapter on the ``--also`` datasets (e.g. XSTest, the paper's out-of-distribution
+set). Runs and scores that have finished are not run again, so the script resumes after an
+interruption. Writes
 ``comparison.json`` (each run's evaluations, and its training rollouts' share with q > 0.99 per
 step), ``comparison.md`` and ``comparison.png``.
 
     python scripts/grpo_comparison.py --workdir runs/grpo-cmp --output results/grpo-from-guard
     python scripts/grpo_comparison.py --workdir runs/grpo-v5 --output results/grpo-from-guard/v5 \\
-        --steps 24 --eval-steps 12
+        --steps 24 --eval-steps 12 --also xstest
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("grpo", "cal-grpo")
+CALIB = "openai-moderation:calib"
 METRICS = ("accuracy", "ece", "brier", "auroc_unsafe", "recall_safe", "recall_unsafe")
 
 
@@ -51,16 +54,16 @@ def default_lora(workdir: Path) -> Path:
     return out
 
 
-def score_start(workdir: Path, adapter: Path, window: int, budget: int) -> dict[str, Any]:
-    out = workdir / "start"
+def score(adapter: Path, out: Path, dataset: str, window: int, budget: int) -> dict[str, Any]:
+    """``guardcal evaluate`` of one adapter on one dataset in the runs' reasoning mode, kept in ``out``
+    (a folder that holds its metrics already is read, not scored again)."""
     if not (out / "metrics.json").is_file():
         guardcal(
             "evaluate", "--adapter", str(adapter), "--reasoning", "--max-new-tokens", str(budget),
-            "--max-input-tokens", str(window), "--dataset", "openai-moderation:calib", "--output", str(out),
-            "--no-progress",
+            "--max-input-tokens", str(window), "--dataset", dataset, "--output", str(out), "--no-progress",
         )  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
-    return metrics.get("openai-moderation:calib", metrics)
+    return metrics.get(dataset, metrics)
 
 
 def train(workdir: Path, adapter: Path, method: str, seed: int, args: argparse.Namespace) -> Path:
@@ -125,6 +128,14 @@ def table(start: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def score_also(adapter: Path, folders: dict[str, Path], dataset: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The start and each run's final adapter scored on ``dataset`` (each kept beside its run's folder)."""
+    scored = {"start": score(adapter, args.workdir / f"start-{dataset}", dataset, args.window, args.budget)}
+    for name, folder in folders.items():
+        scored[name] = score(folder, folder.with_name(f"{folder.name}-{dataset}"), dataset, args.window, args.budget)
+    return {name: {k: m.get(k) for k in METRICS} for name, m in scored.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/grpo-cmp"))
@@ -135,20 +146,30 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=128, help="input tokens per window (training and scoring)")
     parser.add_argument("--budget", type=int, default=16, help="reasoning tokens")
     parser.add_argument("--eval-steps", type=int, default=0, help="score calib every N steps (0: at the end only)")
+    parser.add_argument(
+        "--also", nargs="*", default=[], help="datasets the start and each final adapter are scored on"
+    )
     args = parser.parse_args()
     adapter = default_lora(args.workdir)
-    start = score_start(args.workdir, adapter, args.window, args.budget)
-    runs = {}
+    start = score(adapter, args.workdir / "start", CALIB, args.window, args.budget)
+    folders, runs = {}, {}
     for seed in args.seeds:
         for method in METHODS:
-            runs[f"{method} seed {seed}"] = final_eval(train(args.workdir, adapter, method, seed, args))
-    args.output.mkdir(parents=True, exist_ok=True)
+            folders[f"{method} seed {seed}"] = train(args.workdir, adapter, method, seed, args)
+            runs[f"{method} seed {seed}"] = final_eval(folders[f"{method} seed {seed}"])
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {"settings": settings, "start": {k: start.get(k) for k in METRICS}, "runs": runs}
+    result = {"settings": settings, "start": {k: start.get(k) for k in METRICS}, "runs": runs, "also": {}}
+    report = f"Calibration split ({CALIB}, the training's evaluation callback):\n\n" + table(result["start"], runs)
+    for dataset in args.also:
+        result["also"][dataset] = score_also(adapter, folders, dataset, args)
+        picked = result["also"][dataset]
+        report += f"\n{dataset} (the final adapters, `guardcal evaluate`):\n\n"
+        report += table(picked["start"], {name: m for name, m in picked.items() if name != "start"})
+    args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.output / "comparison.md").write_text(table(result["start"], runs))
+    (args.output / "comparison.md").write_text(report)
     plot(result["start"], runs, args.output / "comparison.png")
-    print(table(result["start"], runs))
+    print(report)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,23 @@ def test_the_table_and_the_plot_cover_every_run(tmp_path) -> None:  # type: igno
     assert table.count("\n") == 2 + 1 + 4 and "| cal-grpo seed 1 | 0.704 | 0.100 |" in table
     cmp.plot(start, runs, tmp_path / "comparison.png")
     assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_also_scores_the_start_and_every_final_adapter_once_each(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+
+    def fake_score(adapter, out, dataset, window, budget):  # type: ignore[no-untyped-def]
+        calls.append((adapter.name, out.name, dataset))
+        return {"accuracy": 0.5 + len(calls) / 100, "ece": 0.1, "n": 450}
+
+    monkeypatch.setattr(cmp, "score", fake_score)
+    args = type("Args", (), {"workdir": tmp_path, "window": 128, "budget": 16})()
+    folders = {"grpo seed 0": tmp_path / "grpo-seed0", "cal-grpo seed 0": tmp_path / "cal-grpo-seed0"}
+    scored = cmp.score_also(tmp_path / "start-lora", folders, "xstest", args)
+    assert calls == [
+        ("start-lora", "start-xstest", "xstest"),
+        ("grpo-seed0", "grpo-seed0-xstest", "xstest"),
+        ("cal-grpo-seed0", "cal-grpo-seed0-xstest", "xstest"),
+    ]
+    assert list(scored) == ["start", "grpo seed 0", "cal-grpo seed 0"]
+    assert scored["cal-grpo seed 0"]["accuracy"] == 0.53 and "n" not in scored["start"]
