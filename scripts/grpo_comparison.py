@@ -9,9 +9,12 @@ training's own evaluation callback (the same scorer and input windows for every 
 ``--eval-steps`` steps. The start is scored the same way, by ``guardcal evaluate``, and so are the
 start and each final adapter on the ``--also`` datasets (e.g. XSTest, the paper's out-of-distribution
 set). Runs and scores that have finished are not run again, so the script resumes after an
-interruption. Writes
-``comparison.json`` (each run's evaluations, and its training rollouts' share with q > 0.99 per
-step), ``comparison.md`` and ``comparison.png``.
+interruption. Writes ``comparison.json`` (each run's evaluations, and its training rollouts' share
+with q > 0.99 per step), ``comparison.md`` and ``comparison.png``.
+
+The first command below wrote ``results/grpo-from-guard`` at commit 6a71dd7, when the default was
+guard v1; run today it starts from v5's LoRA and would overwrite that table. The second wrote
+``results/grpo-from-guard/v5``.
 
     python scripts/grpo_comparison.py --workdir runs/grpo-cmp --output results/grpo-from-guard
     python scripts/grpo_comparison.py --workdir runs/grpo-v5 --output results/grpo-from-guard/v5 \\
@@ -123,7 +126,7 @@ def table(start: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
         cells = [f"{m[k]:.3f}" if isinstance(m.get(k), float) else "–" for k in METRICS]
         return f"| {name} | " + " | ".join(cells) + " |"
 
-    lines.append(row("start (shipped guard)", start))
+    lines.append(row("start", start))
     lines += [row(name, m) for name, m in runs.items()]
     return "\n".join(lines) + "\n"
 
